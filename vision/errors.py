@@ -14,3 +14,7 @@ def close_matches(name, candidates, n=3):
   """A ' (did you mean: a, b?)' suffix, or '' when nothing is close."""
   matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
   return f" (did you mean: {', '.join(matches)}?)" if matches else ""
+
+
+class TrainingError(Exception):
+  """Training cannot go on (e.g. a non-finite loss); the message names the step and the last checkpoint."""

@@ -27,10 +27,10 @@ class LeNet5(nn.Module):
     conv = lambda f, name, fan_in: nn.Conv(f, (5, 5), padding="VALID", dtype=self.dtype, name=name,
                                            kernel_init=torch_linear_init, bias_init=torch_bias_init(fan_in))
     x = act(conv(6, "c1", 25 * x.shape[-1])(x))
-    self.sow("intermediates", "c1", x)
+    self.sow("intermediates", "stage1", x)
     x = nn.avg_pool(x, (2, 2), (2, 2))
     x = act(conv(16, "c3", 25 * 6)(x))
-    self.sow("intermediates", "c3", x)
+    self.sow("intermediates", "stage2", x)
     x = nn.avg_pool(x, (2, 2), (2, 2))
     x = act(conv(120, "c5", 25 * 16)(x))
     x = x.reshape(x.shape[0], -1)

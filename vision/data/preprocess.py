@@ -1,0 +1,93 @@
+"""Image preprocessing ops on encoded bytes -> float32 HWC, randomness from stateless seeds.
+
+Every random op takes an explicit [2] int seed, derived per example from
+(config seed, position in the stream), so the augmentation an example receives
+does not depend on tf.data parallelism or on where a run was resumed.
+"""
+import tensorflow as tf
+
+
+def decode(image_bytes, channels):
+  """Any of JPEG/PNG/GIF/BMP -> uint8 [H, W, channels] (gray->RGB repeats, RGBA drops alpha)."""
+  return tf.io.decode_image(image_bytes, channels=channels, expand_animations=False)
+
+
+def _image_shape(image_bytes, channels):
+  return tf.cond(tf.io.is_jpeg(image_bytes),
+                 lambda: tf.io.extract_jpeg_shape(image_bytes)[:2],
+                 lambda: tf.shape(decode(image_bytes, channels))[:2])
+
+
+def _crop_window_decode(image_bytes, channels, window):
+  """Decodes only the crop window when the bytes are a JPEG (much cheaper for ImageNet)."""
+  y, x, h, w = tf.unstack(window)
+  return tf.cond(
+      tf.io.is_jpeg(image_bytes),
+      lambda: tf.io.decode_and_crop_jpeg(image_bytes, tf.stack([y, x, h, w]), channels=channels),
+      lambda: decode(image_bytes, channels)[y:y + h, x:x + w])
+
+
+def resize(image, size, method="bilinear"):
+  image = tf.image.resize(tf.cast(image, tf.float32), (size, size), method=method, antialias=True)
+  return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def inception_crop(image_bytes, size, seed, channels, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+  """Random-resized crop (Szegedy et al. 2015; torchvision RandomResizedCrop) then resize to size."""
+  shape = _image_shape(image_bytes, channels)
+  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.concat([shape, [channels]], 0), bounding_boxes=tf.zeros([1, 0, 4]), seed=seed,
+      min_object_covered=0.0, aspect_ratio_range=ratio, area_range=scale, max_attempts=10,
+      use_image_if_no_bounding_boxes=True)
+  window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
+  return resize(_crop_window_decode(image_bytes, channels, window), size)
+
+
+def pad_random_crop(image, size, pad, seed):
+  """CIFAR-style: zero-pad by `pad` pixels, random crop size x size."""
+  image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+  return tf.image.stateless_random_crop(image, (size, size, tf.shape(image)[-1]), seed=seed)
+
+
+def center_crop(image_bytes, size, crop_pct, channels):
+  """Resize the shorter side to size / crop_pct, then take the central size x size (torchvision eval)."""
+  image = tf.cast(decode(image_bytes, channels), tf.float32)
+  h, w = tf.unstack(tf.cast(tf.shape(image)[:2], tf.float32))
+  short = tf.round(size / crop_pct)
+  scale = short / tf.minimum(h, w)
+  new_h = tf.cast(tf.maximum(tf.round(h * scale), size), tf.int32)
+  new_w = tf.cast(tf.maximum(tf.round(w * scale), size), tf.int32)
+  image = tf.clip_by_value(tf.image.resize(image, (new_h, new_w), antialias=True), 0.0, 255.0)
+  top, left = (new_h - size) // 2, (new_w - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def normalize(image, mean, std):
+  """uint8-range float -> (x / 255 - mean) / std, per channel."""
+  mean = tf.constant(mean, tf.float32)
+  std = tf.constant(std, tf.float32)
+  return (image / 255.0 - mean) / std
+
+
+def train_image(image_bytes, seed, d):
+  """The training transform chosen by the data config `d` (see vision/train/config.py)."""
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  if d.train_crop == "inception":
+    image = inception_crop(image_bytes, d.image_size, crop_seed, d.channels, d.crop_scale, d.crop_ratio)
+  else:
+    image = resize(decode(image_bytes, d.channels), d.image_size)
+    if d.train_crop == "pad_random":
+      image = pad_random_crop(image, d.image_size, d.pad, crop_seed)
+  if d.flip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  image = tf.ensure_shape(image, (d.image_size, d.image_size, d.channels))
+  return normalize(image, d.mean, d.std)
+
+
+def eval_image(image_bytes, d):
+  if d.eval_crop == "center":
+    image = center_crop(image_bytes, d.image_size, d.crop_pct, d.channels)
+  else:
+    image = resize(decode(image_bytes, d.channels), d.image_size)
+  image = tf.ensure_shape(image, (d.image_size, d.image_size, d.channels))
+  return normalize(image, d.mean, d.std)

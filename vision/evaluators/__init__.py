@@ -1,0 +1,1 @@
+"""Evaluators over frozen models: classification metrics (and, later, probes and kNN)."""

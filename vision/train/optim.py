@@ -1,0 +1,40 @@
+"""Learning-rate schedules and optimizers from config.optim (all optax)."""
+import jax
+import optax
+
+
+def lr_schedule(o, steps_per_epoch: int, total_steps: int):
+  """Linear warmup from 0 over warmup_epochs, then cosine / step / constant."""
+  warmup = int(round(o.warmup_epochs * steps_per_epoch))
+  if o.schedule == "cosine":
+    main = optax.cosine_decay_schedule(o.lr, max(total_steps - warmup, 1), alpha=o.end_lr_factor)
+  elif o.schedule == "step":
+    bounds = {int(round(e * steps_per_epoch)) - warmup: o.step_factor for e in o.step_epochs}
+    main = optax.piecewise_constant_schedule(o.lr, {b: f for b, f in bounds.items() if b > 0})
+  else:
+    main = optax.constant_schedule(o.lr)
+  if warmup <= 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), main], [warmup])
+
+
+def decay_mask(params):
+  """Weight decay only on kernels (ndim > 1): not on biases, BN/LN scales and offsets."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(o, schedule) -> optax.GradientTransformation:
+  mask = None if o.decay_norm_and_bias else decay_mask
+  chain = []
+  if o.grad_clip_norm > 0:
+    chain.append(optax.clip_by_global_norm(o.grad_clip_norm))
+  if o.name in ("sgd", "nesterov"):
+    # PyTorch SGD semantics: decay is added to the gradient before momentum.
+    if o.weight_decay > 0:
+      chain.append(optax.add_decayed_weights(o.weight_decay, mask))
+    chain.append(optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.name == "nesterov"))
+  elif o.name == "adamw":
+    chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=mask))
+  else:
+    raise ValueError(f"unknown optimizer {o.name!r}")
+  return optax.chain(*chain)
