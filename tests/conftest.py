@@ -1,7 +1,37 @@
-"""Test setup: 8 simulated CPU devices for the sharding tests, quiet TensorFlow."""
+"""Test setup: 8 simulated CPU devices for the sharding tests, quiet TensorFlow, CLI helpers."""
 import os
+import subprocess
+import sys
 
 # Must be set before JAX initialises its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """One tfds data_dir for the session (the digits dataset is built into it once)."""
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def run_cli(script, *args, devices=1, timeout=600, env=None):
+  """Runs train.py / eval.py as a user would; `devices` simulated CPU devices."""
+  full_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  if devices > 1:
+    full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  full_env.update(env or {})
+  return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
+                        timeout=timeout, env=full_env, cwd=ROOT)
+
+
+def popen_cli(script, *args, devices=1):
+  full_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  if devices > 1:
+    full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=full_env, cwd=ROOT)

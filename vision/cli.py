@@ -72,7 +72,7 @@ def run(main):
   """absl app.run with our flag parser and error reporting."""
   def wrapped(argv):
     from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and tfds are chatty at INFO
+    absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and tfds are chatty below ERROR
     log = logging.getLogger("vision")
     log.setLevel(logging.INFO)
     log.propagate = False

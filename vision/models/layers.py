@@ -48,12 +48,17 @@ class ClassifierHead(nn.Module):
   """Global average pool (if spatial), optional dropout, then Linear to num_classes.
 
   Sows 'pre_logits'; with num_classes == 0 returns the pooled features (timm).
+  The head shares its parent's scope, so the linear layer sits at the top of the
+  parameter tree as `name_fc` ('fc', 'classifier', ...), as in torchvision.
   """
   num_classes: int
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
   kernel_init: nn.initializers.Initializer = torch_linear_init
   name_fc: str = "fc"
+
+  def setup(self):
+    nn.share_scope(self, self.parent)
 
   @nn.compact
   def __call__(self, x, train: bool = False):

@@ -12,7 +12,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vision.models.layers import BatchNorm, ClassifierHead, DropPath, conv_kernel_init, drop_path_rates
+from vision.models.layers import (BatchNorm, ClassifierHead, DropPath, SqueezeExcite, conv_kernel_init,
+                                  drop_path_rates)
 from vision.models.registry import register_model
 
 
@@ -49,6 +50,7 @@ class Bottleneck(nn.Module):
   base_width: int = 64
   drop_path: float = 0.0
   zero_init_residual: bool = False
+  se_reduction: int = 0  # > 0: squeeze-and-excitation after bn3 (SENet, Hu et al. 2018)
   dtype: jnp.dtype = jnp.float32
   expansion = 4
 
@@ -61,6 +63,9 @@ class Bottleneck(nn.Module):
     y = nn.relu(norm(name="bn2")(_conv(width, 3, self.stride, self.groups, self.dtype, name="conv2")(y)))
     y = _conv(out, 1, dtype=self.dtype, name="conv3")(y)
     y = norm(name="bn3", scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones)(y)
+    if self.se_reduction:
+      # timm rounds out/16 to a multiple of 8; for every width used here that is exactly out/16.
+      y = SqueezeExcite(out // self.se_reduction, dtype=self.dtype, name="se")(y)
     return nn.relu(_shortcut(self, x, out, train) + DropPath(self.drop_path)(y, train))
 
 
@@ -80,6 +85,7 @@ class ResNet(nn.Module):
   stem: str = "imagenet"  # 'imagenet': 7x7/2 conv + 3x3/2 max pool; 'cifar': one 3x3/1 conv
   drop_path_rate: float = 0.0
   zero_init_residual: bool = False
+  se_reduction: int = 0  # bottleneck blocks only; 16 gives SE-ResNet / SE-ResNeXt
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -94,7 +100,8 @@ class ResNet(nn.Module):
     x = nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))
     if self.stem == "imagenet":
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    block_cls = {"basic": BasicBlock, "bottleneck": Bottleneck}[self.block]
+    block_cls = {"basic": BasicBlock, "bottleneck": functools.partial(Bottleneck, se_reduction=self.se_reduction)}[
+        self.block]
     rates = iter(drop_path_rates(self.drop_path_rate, sum(self.stage_sizes)))
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):

@@ -32,7 +32,9 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keep_policies), create=not read_only,
         enable_async_checkpointing=async_save, read_only=read_only, cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    # Handlers named up front, so a fresh manager can read metadata before any save or restore.
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
     self.best_metric = best_metric
 
   def latest_step(self):
@@ -65,7 +67,7 @@ class Checkpointer:
     wanted = flat_paths(abstract_state)
     for key in sorted(set(saved) | set(wanted)):
       if key not in saved or key not in wanted:
-        where = "config's model" if key not in saved else "checkpoint"
+        where = "checkpoint" if key not in saved else "config's model"
         raise UserError(f"the checkpoint at step {step} in {self.directory} does not fit the model: {key!r} is "
                         f"missing from the {where}; use another --workdir or the matching config")
       if tuple(saved[key].shape) != tuple(wanted[key].shape):

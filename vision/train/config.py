@@ -79,6 +79,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim.step_factor = 0.1
   c.optim.end_lr_factor = 0.0  # cosine ends at lr * end_lr_factor
   c.lock()
+  c.model.kwargs.unlock()  # free-form; create_model refuses arguments the model does not take
   return c
 
 
@@ -134,3 +135,22 @@ def validate(config, num_devices: int, num_processes: int = 1):
       raise UserError(f"config.{key} = {config[section][name]!r} is not one of {allowed}")
   if config.data.channels not in (1, 3):
     raise UserError(f"config.data.channels = {config.data.channels} must be 1 or 3")
+
+
+def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
+  """'batch=1024,schedule=step' -> ConfigDict over `defaults`, typed like the defaults.
+
+  Config files use it for their variants: --config configs/x.py:batch=1024
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in defaults:
+      raise UserError(f"unknown config argument {item!r}{close_matches(key, defaults)}; "
+                      f"this config takes {', '.join(f'{k}={v}' for k, v in defaults.items())}")
+    kind = type(defaults[key])
+    try:
+      out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    except ValueError:
+      raise UserError(f"config argument {key}={value!r} is not of type {kind.__name__}") from None
+  return out

@@ -29,11 +29,11 @@ class Experiment:
     self.mesh = mesh_lib.make_mesh(devices)
     n_dev = self.mesh.devices.size
     config_lib.validate(config, n_dev, jax.process_count())
+    info = model_info(config.model.name)  # an unknown name fails here, before any data is read
     self.pi, self.pc = jax.process_index(), jax.process_count()
     from vision.data import pipeline  # lazily: the training core imports no TensorFlow
     self.pipeline = pipeline
     self.num_classes, self.class_names, self.num_train = pipeline.dataset_facts(config.data, self.pi, self.pc)
-    info = model_info(config.model.name)
     if config.data.channels != info.in_channels and info.in_channels in (1, 3):
       log.info("model %s expects %d channels; data gives %d", info.name, info.in_channels, config.data.channels)
     self.model = create_model(config.model.name, num_classes=self.num_classes,

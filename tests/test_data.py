@@ -1,0 +1,145 @@
+"""Input pipeline: the digits dataset, resumable train stream, exactly-once eval, folders, tfds mocks."""
+import collections
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from vision import UserError
+from vision.data import pipeline
+from vision.data.digits import NUM_TEST, NUM_TRAIN, digits_split
+from vision.train.config import default_config
+
+
+def digits_data(data_dir):
+  d = default_config().data
+  d.name, d.data_dir, d.image_size, d.channels = "digits", data_dir, 32, 1
+  d.train_crop, d.pad, d.flip, d.eval_crop, d.mean, d.std = "pad_random", 2, False, "resize", (0.5,), (0.5,)
+  return d
+
+
+def test_digits_split_is_fixed_stratified_and_disjoint():
+  images, labels, train_idx, test_idx = digits_split()
+  assert images.shape == (1797, 8, 8, 1) and images.dtype == np.uint8 and images.max() == 255
+  assert (len(train_idx), len(test_idx)) == (NUM_TRAIN, NUM_TEST) == (1437, 360)
+  assert not set(train_idx) & set(test_idx)
+  counts = np.bincount(labels[test_idx], minlength=10)
+  assert counts.min() >= 35 and counts.max() <= 37  # stratified: ~36 of each digit
+
+
+def test_digits_tfds_facts(data_dir):
+  num_classes, names, n_train = pipeline.dataset_facts(digits_data(data_dir))
+  assert (num_classes, n_train) == (10, NUM_TRAIN)
+  assert names == [str(i) for i in range(10)]
+
+
+def test_train_stream_resumes_exactly_and_is_deterministic(data_dir):
+  d = digits_data(data_dir)
+  run = pipeline.train_batches(d, 64, seed=3)
+  batches = [next(run) for _ in range(30)]  # crosses an epoch boundary (1437 / 64 = 22.5)
+  assert batches[0]["image"].shape == (64, 32, 32, 1) and batches[0]["image"].dtype == np.float32
+  assert batches[0]["label"].dtype == np.int32
+  assert -1.0 <= batches[0]["image"].min() and batches[0]["image"].max() <= 1.0
+  again = pipeline.train_batches(d, 64, seed=3, start_step=0)
+  np.testing.assert_array_equal(next(again)["image"], batches[0]["image"])
+  for start in (7, 22, 25):
+    resumed = next(pipeline.train_batches(d, 64, seed=3, start_step=start))
+    np.testing.assert_array_equal(resumed["image"], batches[start]["image"])
+    np.testing.assert_array_equal(resumed["label"], batches[start]["label"])
+  other_seed = next(pipeline.train_batches(d, 64, seed=4))
+  assert not np.array_equal(other_seed["label"], batches[0]["label"])
+  # The first epoch (22 full batches + part of the 23rd) holds no duplicates.
+  first_epoch = np.concatenate([b["image"].reshape(64, -1) for b in batches[:22]])
+  assert len(np.unique(first_epoch, axis=0)) > 0.97 * len(first_epoch)  # a few digits are identical images
+
+
+def test_eval_covers_every_example_exactly_once(data_dir):
+  d = digits_data(data_dir)
+  batches, n = pipeline.eval_batches(d, "test", 64)
+  batches = list(batches)
+  assert n == len(batches) == 6  # ceil(360 / 64)
+  mask = np.concatenate([b["mask"] for b in batches])
+  labels = np.concatenate([b["label"] for b in batches])
+  assert mask.sum() == NUM_TEST and len(mask) == 6 * 64
+  _, all_labels, _, test_idx = digits_split()
+  assert collections.Counter(labels[mask == 1]) == collections.Counter(all_labels[test_idx])
+  assert np.all(mask[:NUM_TEST] == 1) and np.all(mask[NUM_TEST:] == 0)
+
+
+def test_process_shares_are_disjoint_and_eval_batches_agree(data_dir):
+  d = digits_data(data_dir)
+  sources = [pipeline.source(d, "test", p, 3) for p in range(3)]
+  assert sum(s.num_examples for s in sources) == NUM_TEST
+  counts = [pipeline.eval_batches(d, "test", 16, p, 3)[1] for p in range(3)]
+  assert len(set(counts)) == 1  # every process runs the same number of eval steps
+  seen = [ex[0].numpy() + bytes([int(ex[1])]) for s in sources for ex in s.records]
+  assert len(seen) == NUM_TEST
+
+
+def _write_folder(root, split, counts, size=(20, 14), mode="RGB", ext=".png"):
+  rng = np.random.default_rng(0)
+  for cls, n in counts.items():
+    os.makedirs(os.path.join(root, split, cls), exist_ok=True)
+    for i in range(n):
+      shape = size[::-1] + ((3,) if mode == "RGB" else ())
+      Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(
+          os.path.join(root, split, cls, f"{i}{ext}"))
+
+
+def test_image_folder_source(tmp_path):
+  root = str(tmp_path / "imgs")
+  _write_folder(root, "train", {"cat": 5, "dog": 3})
+  _write_folder(root, "test", {"cat": 2, "dog": 2}, mode="L", ext=".jpg")  # grayscale JPEGs become RGB
+  d = default_config().data
+  d.name, d.image_size, d.train_split, d.eval_split = f"imagefolder:{root}", 16, "train", "test"
+  num_classes, names, n = pipeline.dataset_facts(d)
+  assert (num_classes, names, n) == (2, ["cat", "dog"], 8)
+  batch = next(pipeline.train_batches(d, 4, seed=0))
+  assert batch["image"].shape == (4, 16, 16, 3)
+  batches, n_batches = pipeline.eval_batches(d, "test", 3)
+  batches = list(batches)
+  labels = np.concatenate([b["label"] for b in batches])[np.concatenate([b["mask"] for b in batches]) == 1]
+  assert n_batches == 2 and sorted(labels.tolist()) == [0, 0, 1, 1]
+
+
+def test_image_folder_errors(tmp_path):
+  root = str(tmp_path / "imgs")
+  _write_folder(root, "train", {"cat": 2})
+  os.makedirs(os.path.join(root, "train", "empty"))
+  d = default_config().data
+  d.name = f"imagefolder:{root}"
+  with pytest.raises(UserError, match="has no images"):
+    pipeline.dataset_facts(d)
+  d.name = f"imagefolder:{tmp_path}/missing"
+  with pytest.raises(UserError, match="does not exist"):
+    pipeline.dataset_facts(d)
+
+
+def test_mocked_cifar10_batches():
+  d = default_config().data
+  d.name, d.image_size, d.train_crop, d.eval_crop = "cifar10", 32, "pad_random", "resize"
+  with tfds.testing.mock_data(num_examples=40):
+    num_classes, _, n = pipeline.dataset_facts(d)
+    batch = next(pipeline.train_batches(d, 8, seed=0))
+    _, n_eval = pipeline.eval_batches(d, "test", 16)
+  assert (num_classes, n, n_eval) == (10, 40, 3)
+  assert batch["image"].shape == (8, 32, 32, 3)
+
+
+def test_unknown_dataset_and_split(data_dir):
+  d = default_config().data
+  d.name = "cifar11"
+  with pytest.raises(UserError, match=r"unknown dataset 'cifar11'.*cifar10"):
+    pipeline.dataset_facts(d)
+  d = digits_data(data_dir)
+  with pytest.raises(UserError, match=r"no split 'tset'.*test"):
+    pipeline.eval_batches(d, "tset", 8)
+
+
+def test_imagenet_not_prepared_says_how_to_prepare(tmp_path):
+  d = default_config().data
+  d.name, d.data_dir = "imagenet2012", str(tmp_path)
+  with pytest.raises(UserError, match=r"manual download.*ILSVRC2012_img_train.tar.*tfds build imagenet2012"):
+    pipeline.dataset_facts(d)
