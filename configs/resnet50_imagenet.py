@@ -10,7 +10,7 @@ Expected: about 76-77% top-1 (76.1% torchvision step recipe).
 Needs imagenet2012 prepared in a tfds data_dir (see the README).
 Variants: --config configs/resnet50_imagenet.py:batch=1024,schedule=step,smoothing=0.1,model=resnet101
 """
-from vision.train.config import default_config, parse_arg
+from vision.train.config import default_config, imagenet_data, parse_arg
 
 
 def get_config(arg=None):
@@ -19,19 +19,11 @@ def get_config(arg=None):
   c = default_config()
   c.model.name = a.model
   c.model.dtype = a.dtype
-  c.data.name = "imagenet2012"
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
-  c.data.image_size = 224
-  c.data.train_crop = "inception"
-  c.data.eval_crop = "center"
-  c.data.crop_pct = 0.875
-  c.data.shuffle_buffer = 16 * 1024
+  imagenet_data(c)
   c.train.batch_size = a.batch
   c.train.eval_batch_size = a.batch
   c.train.num_epochs = a.epochs
   c.train.label_smoothing = a.smoothing
-  c.train.log_every = 100
   c.optim.name = "sgd"
   c.optim.lr = 0.1 * a.batch / 256
   c.optim.momentum = 0.9

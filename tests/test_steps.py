@@ -141,3 +141,18 @@ def test_eval_step_masks_padding():
 def test_fsdp_leaf_spec(shape, fsdp, expected):
   spec = mesh_lib.leaf_spec(shape, 8, fsdp, min_size=2**12)
   assert tuple(spec) == expected
+
+
+def test_gradient_clipping_bounds_the_update():
+  o = default_config().optim
+  o.grad_clip_norm, o.momentum, o.weight_decay = 1.0, 0.0, 0.0
+  tx = optim.make_optimizer(o, 0.5)
+  p = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
+  g = {"a": jnp.full(3, 10.0), "b": jnp.full((2, 2), -10.0)}  # global norm sqrt(700)
+  updates, _ = tx.update(g, tx.init(p), p)
+  np.testing.assert_allclose(float(optax_global_norm(updates)), 0.5, rtol=1e-6)
+  np.testing.assert_allclose(updates["a"], -0.5 * 10.0 / np.sqrt(700.0) * np.ones(3), rtol=1e-6)
+
+
+def optax_global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree)))

@@ -64,19 +64,22 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.init_from = ""  # a checkpoint dir to start from (new head if num_classes differs)
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = "sgd"  # 'sgd', 'nesterov', 'adamw'
+  c.optim.name = "sgd"  # 'sgd', 'nesterov', 'adamw', 'rmsprop' (TF-style, as EfficientNet/MobileNet papers)
   c.optim.lr = 0.1  # peak learning rate (already scaled for the batch size)
   c.optim.momentum = 0.9
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
-  c.optim.eps = 1e-8
+  c.optim.eps = 1e-8  # adamw; rmsprop (inside the square root, as TF)
+  c.optim.rms_decay = 0.9
   c.optim.weight_decay = 1e-4
   c.optim.decay_norm_and_bias = False  # False: no decay on BN/LN params and biases (ndim < 2)
   c.optim.grad_clip_norm = 0.0  # 0 disables global-norm clipping
-  c.optim.schedule = "cosine"  # 'cosine', 'step', 'constant'
+  c.optim.schedule = "cosine"  # 'cosine', 'step', 'exponential', 'constant'
   c.optim.warmup_epochs = 0.0
   c.optim.step_epochs = (30.0, 60.0, 80.0)  # 'step' schedule: decay points
   c.optim.step_factor = 0.1
+  c.optim.decay_epochs = 1.0  # 'exponential': lr x decay_rate every decay_epochs (staircase)
+  c.optim.decay_rate = 0.97
   c.optim.end_lr_factor = 0.0  # cosine ends at lr * end_lr_factor
   c.lock()
   c.model.kwargs.unlock()  # free-form; create_model refuses arguments the model does not take
@@ -126,7 +129,8 @@ def validate(config, num_devices: int, num_processes: int = 1):
                     f"= {t.grad_accum_steps * num_devices}")
   if not 0.0 <= t.label_smoothing < 1.0:
     raise UserError(f"config.train.label_smoothing = {t.label_smoothing} must be in [0, 1)")
-  choices = {"optim.name": ("sgd", "nesterov", "adamw"), "optim.schedule": ("cosine", "step", "constant"),
+  choices = {"optim.name": ("sgd", "nesterov", "adamw", "rmsprop"),
+             "optim.schedule": ("cosine", "step", "exponential", "constant"),
              "data.train_crop": ("inception", "pad_random", "resize"), "data.eval_crop": ("center", "resize"),
              "model.dtype": ("float32", "bfloat16", "float16")}
   for key, allowed in choices.items():
@@ -135,6 +139,40 @@ def validate(config, num_devices: int, num_processes: int = 1):
       raise UserError(f"config.{key} = {config[section][name]!r} is not one of {allowed}")
   if config.data.channels not in (1, 3):
     raise UserError(f"config.data.channels = {config.data.channels} must be 1 or 3")
+
+
+def imagenet_data(c, image_size=224, crop_pct=0.875):
+  """ImageNet-1k from tfds (imagenet2012): inception crop + flip for training, resize + center crop for eval."""
+  c.data.name = "imagenet2012"
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.image_size = image_size
+  c.data.train_crop = "inception"
+  c.data.eval_crop = "center"
+  c.data.crop_pct = crop_pct
+  c.data.shuffle_buffer = 16 * 1024
+  c.train.log_every = 100
+  return c
+
+
+CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+               "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+
+
+def cifar_data(c, name="cifar10"):
+  """CIFAR-10/100 from tfds: zero-pad 4 + random 32x32 crop + flip, per-channel statistics of the train set."""
+  c.data.name = name
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.image_size = 32
+  c.data.train_crop = "pad_random"
+  c.data.pad = 4
+  c.data.eval_crop = "resize"
+  c.data.mean, c.data.std = CIFAR_STATS[name]
+  c.data.shuffle_buffer = 50_000
+  c.train.eval_batch_size = 500
+  c.train.log_every = 100
+  return c
 
 
 def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:

@@ -125,36 +125,35 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   bar = tqdm.tqdm(total=exp.total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                   disable=jax.process_index() != 0)
   sums, n_sum, tick = None, 0, time.perf_counter()
-  with exp.mesh:
-    for step in range(start, exp.total_steps):
-      state, metrics = exp.train_step(state, next(batches))
-      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-      n_sum += 1
-      bar.update(1)
-      done = step + 1
-      if done % t.log_every == 0 or done == exp.total_steps:
-        host = {k: float(v) / n_sum for k, v in jax.device_get(sums).items()}
-        if not all(map(math.isfinite, host.values())):
-          ckpt.wait()
-          raise TrainingError(f"non-finite training loss by step {done} ({host}); last good checkpoint: "
-                              f"{'none' if last_good is None else f'step {last_good} in {ckpt.directory}'}; "
-                              "lower config.optim.lr or enable config.optim.grad_clip_norm")
-        elapsed = time.perf_counter() - tick
-        host.update(lr=float(exp.schedule(step)), images_per_sec=n_sum * t.batch_size / elapsed,
-                    epoch=done / exp.steps_per_epoch)
-        writer.write(done, host, "train/")
-        bar.set_postfix(loss=f"{host['loss']:.4f}", img_s=f"{host['images_per_sec']:.0f}")
-        sums, n_sum, tick = None, 0, time.perf_counter()
-      evaluated = None
-      if done % eval_every == 0 or done == exp.total_steps:
-        results = exp.evaluate(state)
-        evaluated = {k: results[k] for k in ("top1", "top5", "loss")}
-        writer.write(done, evaluated, "eval/")
-        bar.write(f"step {done}: eval top1 {results['top1']:.4f} top5 {results['top5']:.4f} loss {results['loss']:.4f}")
-        tick = time.perf_counter()  # keep eval time out of images/s
-      if done % ckpt_every == 0 or done == exp.total_steps:
-        ckpt.save(done, state, exp.meta, evaluated)
-        last_good = done
+  for step in range(start, exp.total_steps):
+    state, metrics = exp.train_step(state, next(batches))
+    sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+    n_sum += 1
+    bar.update(1)
+    done = step + 1
+    if done % t.log_every == 0 or done == exp.total_steps:
+      host = {k: float(v) / n_sum for k, v in jax.device_get(sums).items()}
+      if not all(map(math.isfinite, host.values())):
+        ckpt.wait()
+        raise TrainingError(f"non-finite training loss by step {done} ({host}); last good checkpoint: "
+                            f"{'none' if last_good is None else f'step {last_good} in {ckpt.directory}'}; "
+                            "lower config.optim.lr or enable config.optim.grad_clip_norm")
+      elapsed = time.perf_counter() - tick
+      host.update(lr=float(exp.schedule(step)), images_per_sec=n_sum * t.batch_size / elapsed,
+                  epoch=done / exp.steps_per_epoch)
+      writer.write(done, host, "train/")
+      bar.set_postfix(loss=f"{host['loss']:.4f}", img_s=f"{host['images_per_sec']:.0f}")
+      sums, n_sum, tick = None, 0, time.perf_counter()
+    evaluated = None
+    if done % eval_every == 0 or done == exp.total_steps:
+      results = exp.evaluate(state)
+      evaluated = {k: results[k] for k in ("top1", "top5", "loss")}
+      writer.write(done, evaluated, "eval/")
+      bar.write(f"step {done}: eval top1 {results['top1']:.4f} top5 {results['top5']:.4f} loss {results['loss']:.4f}")
+      tick = time.perf_counter()  # keep eval time out of images/s
+    if done % ckpt_every == 0 or done == exp.total_steps:
+      ckpt.save(done, state, exp.meta, evaluated)
+      last_good = done
   bar.close()
   ckpt.wait()
   ckpt.close()
@@ -188,8 +187,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: st
     raise UserError(f"no checkpoint for step {step} in {directory}; available steps: {sorted(steps_there)}")
   state = ckpt.restore(step, exp.abstract_with_sharding(), exp.meta)
   split = split or config.data.eval_split
-  with exp.mesh:
-    results = exp.evaluate(state, split)
+  results = exp.evaluate(state, split)
   path = write_results(workdir, split, step, results) if jax.process_index() == 0 else ""
   return results, path
 

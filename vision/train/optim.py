@@ -4,10 +4,13 @@ import optax
 
 
 def lr_schedule(o, steps_per_epoch: int, total_steps: int):
-  """Linear warmup from 0 over warmup_epochs, then cosine / step / constant."""
+  """Linear warmup from 0 over warmup_epochs, then cosine / step / exponential / constant."""
   warmup = int(round(o.warmup_epochs * steps_per_epoch))
   if o.schedule == "cosine":
     main = optax.cosine_decay_schedule(o.lr, max(total_steps - warmup, 1), alpha=o.end_lr_factor)
+  elif o.schedule == "exponential":
+    main = optax.exponential_decay(o.lr, max(1, int(round(o.decay_epochs * steps_per_epoch))), o.decay_rate,
+                                   staircase=True)
   elif o.schedule == "step":
     bounds = {int(round(e * steps_per_epoch)) - warmup: o.step_factor for e in o.step_epochs}
     main = optax.piecewise_constant_schedule(o.lr, {b: f for b, f in bounds.items() if b > 0})
@@ -33,6 +36,13 @@ def make_optimizer(o, schedule) -> optax.GradientTransformation:
     if o.weight_decay > 0:
       chain.append(optax.add_decayed_weights(o.weight_decay, mask))
     chain.append(optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.name == "nesterov"))
+  elif o.name == "rmsprop":
+    # TensorFlow's RMSProp (the EfficientNet/MobileNet recipes): mean square starts at 1, eps inside the sqrt,
+    # L2 decay added to the gradient.
+    if o.weight_decay > 0:
+      chain.append(optax.add_decayed_weights(o.weight_decay, mask))
+    chain.append(optax.rmsprop(schedule, decay=o.rms_decay, eps=o.eps, initial_scale=1.0, eps_in_sqrt=True,
+                               momentum=o.momentum or None))
   elif o.name == "adamw":
     chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=mask))
   else:
