@@ -65,7 +65,9 @@ class Checkpointer:
                         f"the config gives {meta.get(key)!r}; use another --workdir or the matching config")
     saved = flat_paths(self.manager.item_metadata(step)["state"])
     wanted = flat_paths(abstract_state)
-    for key in sorted(set(saved) | set(wanted)):
+    # In the model's own order (step, params, batch_stats, opt_state, ...) so the first difference
+    # named is the parameter itself, not one of its optimizer moments.
+    for key in list(wanted) + sorted(set(saved) - set(wanted)):
       if key not in saved or key not in wanted:
         where = "checkpoint" if key not in saved else "config's model"
         raise UserError(f"the checkpoint at step {step} in {self.directory} does not fit the model: {key!r} is "
