@@ -23,6 +23,7 @@ def get_config(arg=None):
   c.data.mean = (0.5,)
   c.data.std = (0.5,)
   c.data.shuffle_buffer = 2048
+  c.data.cache = True
   c.train.batch_size = 64
   c.train.eval_batch_size = 360
   c.train.num_epochs = 40

@@ -7,6 +7,9 @@ the step (step x local batch examples), so a resumed run skips the encoded
 records it already consumed (no decoding) and sees exactly the batches an
 uninterrupted run would have seen.
 
+With config.data.cache, decoded uint8 images are kept in memory (small
+datasets): skipping is then cheaper still, and the stream is the same.
+
 Eval stream: every example of the split exactly once, padded with mask=0
 examples to whole batches of the same count on every process.
 """
@@ -146,16 +149,20 @@ def train_batches(d, local_batch, seed, start_step=0, process_index=0, process_c
   consumed = start_step * local_batch
   start_epoch, offset = divmod(consumed, n)
   base_seed = np.int64(seed) * 1_000_003 + process_index
+  records = src.records
+  if d.cache:  # decode (and resize) once, keep uint8 images in memory
+    records = records.map(lambda b, label: (preprocess.train_decode(b, d), label),
+                          num_parallel_calls=_parallel(d)).cache()
 
   def epoch(e):
-    shuffled = src.records.shuffle(min(d.shuffle_buffer, n), seed=base_seed + e * 7919, reshuffle_each_iteration=False)
+    shuffled = records.shuffle(min(d.shuffle_buffer, n), seed=base_seed + e * 7919, reshuffle_each_iteration=False)
     return shuffled.enumerate().map(lambda i, rec: (e * n + i, rec))
 
   ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch).skip(offset)
 
   def process(position, rec):
-    image_bytes, label = rec
-    image = preprocess.train_image(image_bytes, tf.stack([tf.constant(base_seed), position]), d)
+    image, label = rec
+    image = preprocess.train_image(image, tf.stack([tf.constant(base_seed), position]), d, decoded=d.cache)
     return {"image": image, "label": tf.cast(label, tf.int32)}
 
   ds = ds.map(process, num_parallel_calls=_parallel(d), deterministic=True)

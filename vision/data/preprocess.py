@@ -69,13 +69,37 @@ def normalize(image, mean, std):
   return (image / 255.0 - mean) / std
 
 
-def train_image(image_bytes, seed, d):
-  """The training transform chosen by the data config `d` (see vision/train/config.py)."""
+def train_decode(image_bytes, d):
+  """The deterministic part of the training transform, as uint8: worth caching for small datasets.
+
+  Inception crops need the full image; the other modes resize to image_size first.
+  """
+  image = decode(image_bytes, d.channels)
+  if d.train_crop == "inception":
+    return image
+  return tf.cast(tf.round(resize(image, d.image_size)), tf.uint8)
+
+
+def _inception_crop_decoded(image, size, seed, scale, ratio):
+  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image), bounding_boxes=tf.zeros([1, 0, 4]), seed=seed, min_object_covered=0.0,
+      aspect_ratio_range=ratio, area_range=scale, max_attempts=10, use_image_if_no_bounding_boxes=True)
+  return resize(tf.slice(image, begin, crop_size), size)
+
+
+def train_image(image, seed, d, decoded=False):
+  """The training transform chosen by the data config `d` (see vision/train/config.py).
+
+  `image` is encoded bytes, or (decoded=True) the uint8 output of train_decode.
+  """
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   if d.train_crop == "inception":
-    image = inception_crop(image_bytes, d.image_size, crop_seed, d.channels, d.crop_scale, d.crop_ratio)
+    if decoded:
+      image = _inception_crop_decoded(image, d.image_size, crop_seed, d.crop_scale, d.crop_ratio)
+    else:
+      image = inception_crop(image, d.image_size, crop_seed, d.channels, d.crop_scale, d.crop_ratio)
   else:
-    image = resize(decode(image_bytes, d.channels), d.image_size)
+    image = tf.cast(image if decoded else train_decode(image, d), tf.float32)
     if d.train_crop == "pad_random":
       image = pad_random_crop(image, d.image_size, d.pad, crop_seed)
   if d.flip:

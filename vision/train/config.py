@@ -43,6 +43,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.mean = IMAGENET_MEAN  # in [0, 1] units
   c.data.std = IMAGENET_STD
   c.data.shuffle_buffer = 10_000
+  c.data.cache = False  # keep decoded training images in memory (small datasets: digits, CIFAR)
   c.data.num_parallel_calls = -1  # -1: tf.data AUTOTUNE
   c.data.prefetch = 2  # batches kept ready on the device
 
@@ -170,6 +171,7 @@ def cifar_data(c, name="cifar10"):
   c.data.eval_crop = "resize"
   c.data.mean, c.data.std = CIFAR_STATS[name]
   c.data.shuffle_buffer = 50_000
+  c.data.cache = True  # 50k uint8 32x32x3 images: 150 MB
   c.train.eval_batch_size = 500
   c.train.log_every = 100
   return c
