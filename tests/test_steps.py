@@ -126,7 +126,7 @@ def test_eval_step_masks_padding():
   rng = np.random.default_rng(1)
   batch = {"image": rng.normal(size=(8, 32, 32, 1)).astype(np.float32),
            "label": rng.integers(0, 10, 8).astype(np.int32), "mask": np.array([1] * 5 + [0] * 3, np.float32)}
-  out = jax.device_get(eval_step(state, batch))
+  out = jax.device_get(eval_step(steps.model_variables(state), batch))
   logits = model.apply({"params": state.params}, batch["image"])
   pred = np.argmax(logits, -1)
   assert out["count"] == 5

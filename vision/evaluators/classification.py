@@ -8,11 +8,11 @@ import jax
 import numpy as np
 
 
-def evaluate(eval_step, state, batches, num_batches: int, class_names=None) -> dict:
+def evaluate(eval_step, variables, batches, num_batches: int, class_names=None) -> dict:
   """`batches` yields global sharded batches with 'mask'; returns JSON-ready results."""
   totals = None
   for _, batch in zip(range(num_batches), batches):
-    out = eval_step(state, batch)
+    out = eval_step(variables, batch)
     totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
   totals = jax.device_get(totals)
   return summarize(totals, class_names)

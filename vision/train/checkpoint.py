@@ -63,8 +63,10 @@ class Checkpointer:
       if key in saved_meta and saved_meta[key] != meta.get(key):
         raise UserError(f"the checkpoint at step {step} in {self.directory} is for {key}={saved_meta[key]!r} but "
                         f"the config gives {meta.get(key)!r}; use another --workdir or the matching config")
-    saved = flat_paths(self.manager.item_metadata(step)["state"])
     wanted = flat_paths(abstract_state)
+    tops = {k.split("/")[0] for k in wanted}  # restoring only {'params', 'batch_stats'} ignores the rest
+    saved = {k: v for k, v in flat_paths(self.manager.item_metadata(step)["state"]).items()
+             if k.split("/")[0] in tops}
     # In the model's own order (step, params, batch_stats, opt_state, ...) so the first difference
     # named is the parameter itself, not one of its optimizer moments.
     for key in list(wanted) + sorted(set(saved) - set(wanted)):
@@ -82,6 +84,16 @@ class Checkpointer:
     self.check_fits(step, abstract_state, meta)
     return self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))["state"]
+
+  def restore_variables(self, step, abstract_variables: dict, meta: dict) -> dict:
+    """Only {'params', 'batch_stats'} (what a forward pass needs), from a training or a converted checkpoint."""
+    self.check_fits(step, abstract_variables, meta)
+    target = {k: v for k, v in abstract_variables.items() if jax.tree.leaves(v)}
+    restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target)
+    path = os.path.join(self.directory, str(step), "state")
+    restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+        path, args=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True))
+    return {k: restored.get(k, v) for k, v in abstract_variables.items()}
 
   def restore_arrays(self, step, mesh):
     """The saved state as a nested dict of arrays replicated on `mesh`, without knowing the model."""

@@ -54,14 +54,17 @@ class Experiment:
                                        t.grad_accum_steps, config.model.aux_loss_weight, self.batch_sharding)
     self.train_step = jax.jit(train_step, in_shardings=(self.state_sharding, self.batch_sharding),
                               out_shardings=(self.state_sharding, None), donate_argnums=0)
+    self.variables_sharding = steps.model_variables(self.state_sharding)
     self.eval_step = jax.jit(steps.make_eval_step(self.model, self.num_classes),
-                             in_shardings=(self.state_sharding, self.batch_sharding))
+                             in_shardings=(self.variables_sharding, self.batch_sharding))
     self.meta = {"model": config.model.name, "num_classes": self.num_classes, "class_names": self.class_names,
                  "image_size": size, "channels": config.data.channels}
 
-  def abstract_with_sharding(self):
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+  def abstract_with_sharding(self, variables_only=False):
+    """The state (or, with variables_only, its {'params', 'batch_stats'}) as sharded ShapeDtypeStructs."""
+    tree = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         self.abstract_state, self.state_sharding)
+    return steps.model_variables(tree) if variables_only else tree
 
   def init_state(self):
     state = self._init(jax.random.key(self.config.seed))
@@ -90,9 +93,10 @@ class Experiment:
     batches, n = self.pipeline.eval_batches(self.config.data, split, local, self.pi, self.pc)
     return mesh_lib.prefetch_to_device(batches, self.batch_sharding, self.config.data.prefetch), n
 
-  def evaluate(self, state, split=None) -> dict:
+  def evaluate(self, variables, split=None) -> dict:
+    """Classification metrics of `variables` ({'params', 'batch_stats'}) over a split."""
     batches, n = self.eval_batches(split or self.config.data.eval_split)
-    return classification.evaluate(self.eval_step, state, batches, n, self.class_names)
+    return classification.evaluate(self.eval_step, variables, batches, n, self.class_names)
 
 
 def _every(value, steps_per_epoch):
@@ -146,7 +150,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
       sums, n_sum, tick = None, 0, time.perf_counter()
     evaluated = None
     if done % eval_every == 0 or done == exp.total_steps:
-      results = exp.evaluate(state)
+      results = exp.evaluate(steps.model_variables(state))
       evaluated = {k: results[k] for k in ("top1", "top5", "loss")}
       writer.write(done, evaluated, "eval/")
       bar.write(f"step {done}: eval top1 {results['top1']:.4f} top5 {results['top5']:.4f} loss {results['loss']:.4f}")
@@ -185,9 +189,9 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: st
     step = max(steps_there)
   elif step not in steps_there:
     raise UserError(f"no checkpoint for step {step} in {directory}; available steps: {sorted(steps_there)}")
-  state = ckpt.restore(step, exp.abstract_with_sharding(), exp.meta)
+  variables = ckpt.restore_variables(step, exp.abstract_with_sharding(variables_only=True), exp.meta)
   split = split or config.data.eval_split
-  results = exp.evaluate(state, split)
+  results = exp.evaluate(variables, split)
   path = write_results(workdir, split, step, results) if jax.process_index() == 0 else ""
   return results, path
 

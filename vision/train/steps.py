@@ -87,12 +87,17 @@ def make_train_step(model, tx, num_classes, label_smoothing=0.0, grad_accum_step
   return train_step
 
 
+def model_variables(state: TrainState) -> dict:
+  """The part of the state a forward pass needs (what eval restores, and what a converted checkpoint holds)."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
 def make_eval_step(model, num_classes):
   """Sums over a padded batch (mask = 0 rows ignored): loss, top-1/top-5 hits, count, confusion matrix."""
 
-  def eval_step(state: TrainState, batch):
-    variables = {"params": state.params, "batch_stats": state.batch_stats} if state.batch_stats \
-        else {"params": state.params}
+  def eval_step(variables, batch):
+    """`variables`: {'params', 'batch_stats'} (see model_variables): all that evaluation needs."""
+    variables = {k: v for k, v in variables.items() if v}
     logits = model.apply(variables, batch["image"], train=False).astype(jnp.float32)
     labels, mask = batch["label"], batch["mask"]
     loss = cross_entropy(logits, labels, num_classes)
