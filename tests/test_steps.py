@@ -53,6 +53,10 @@ def test_weight_decay_skips_norms_and_biases():
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, p), tx.init(p), p)
   np.testing.assert_allclose(updates["kernel"], -0.5 * np.ones((2, 2)))
   np.testing.assert_allclose(updates["bias"], np.zeros(2))
+  tokens = {"pos_embed": jnp.ones((1, 5, 4)), "cls_token": jnp.ones((1, 1, 4)), "blocks_0": {
+      "attn": {"qkv": {"kernel": jnp.ones((4, 12))}, "relative_position_bias_table": jnp.ones((9, 2))}}}
+  decayed = [jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_flatten_with_path(optim.decay_mask(tokens))[0] if m]
+  assert decayed == ["['blocks_0']['attn']['qkv']['kernel']"]
 
 
 def _setup(model, batch_size=16, size=16, channels=3, accum=1, fsdp=False, devices=None, min_size=2**18):

@@ -73,7 +73,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim.eps = 1e-8  # adamw; rmsprop (inside the square root, as TF)
   c.optim.rms_decay = 0.9
   c.optim.weight_decay = 1e-4
-  c.optim.decay_norm_and_bias = False  # False: no decay on BN/LN params and biases (ndim < 2)
+  c.optim.decay_norm_and_bias = False  # False: no decay on biases, norms, tokens, pos. embeddings (optim.py)
   c.optim.grad_clip_norm = 0.0  # 0 disables global-norm clipping
   c.optim.schedule = "cosine"  # 'cosine', 'step', 'exponential', 'constant'
   c.optim.warmup_epochs = 0.0

@@ -21,9 +21,16 @@ def lr_schedule(o, steps_per_epoch: int, total_steps: int):
   return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), main], [warmup])
 
 
+# Multi-dimensional parameters that are not weights either (timm's no_weight_decay(), DeiT, Swin):
+# position embeddings, class/register/mask tokens, Swin's relative position bias table.
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "mask_token", "relative_position_bias_table")
+
+
 def decay_mask(params):
-  """Weight decay only on kernels (ndim > 1): not on biases, BN/LN scales and offsets."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """Weight decay only on kernels (ndim > 1): not on biases, norm scales/offsets, layer scales, tokens and
+  position embeddings or biases (NO_DECAY_NAMES)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: p.ndim > 1 and getattr(path[-1], "key", None) not in NO_DECAY_NAMES, params)
 
 
 def make_optimizer(o, schedule) -> optax.GradientTransformation:
