@@ -4,6 +4,7 @@ from vision.models import convnext, efficientnet, mobilenet  # noqa: F401
 from vision.models import alexnet, densenet, googlenet, nin, vgg  # noqa: F401
 from vision.models import preact_resnet, senet  # noqa: F401
 from vision.models import swin  # noqa: F401
+from vision.models import vit  # noqa: F401
 from vision.models.registry import (ModelInfo, abstract_variables, create_model, list_models, model_info,
                                      num_params, register_model)
 
