@@ -32,8 +32,7 @@ def test_config_validates_and_builds(path):
   assert config_lib.unknown_keys(c) == []
   model = create_model(c.model.name, num_classes=NUM_CLASSES[c.data.name], **dict(c.model.kwargs))
   x = jnp.zeros((1, c.data.image_size, c.data.image_size, c.data.channels))
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-  out = jax.eval_shape(lambda v: model.apply(v, x), variables)
+  out, variables = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x))  # one trace
   assert out.shape == (1, NUM_CLASSES[c.data.name]) and num_params(variables["params"]) > 0
 
 

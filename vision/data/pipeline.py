@@ -52,14 +52,6 @@ def _tfds_builder(d):
   if builder.is_prepared():
     return builder
   where = builder.data_dir
-  if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
-    manual = d.manual_dir or os.path.join(os.path.dirname(os.path.dirname(where)), "downloads", "manual")
-    if not os.path.isdir(manual) or not os.listdir(manual):
-      hint = (" (put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org there)"
-              if d.name.startswith("imagenet2012") else "")
-      raise UserError(f"dataset {d.name} is not prepared in {where} and needs a manual download: place the "
-                      f"archives in {manual}{hint}, then run `tfds build {d.name} --data_dir "
-                      f"{d.data_dir or '~/tensorflow_datasets'} --manual_dir {manual}` (or set config.data.manual_dir)")
   if not d.download:
     raise UserError(f"dataset {d.name} is not prepared in {where}; run `tfds build {d.name}` or set "
                     "config.data.download=True")
@@ -67,6 +59,14 @@ def _tfds_builder(d):
     config = tfds.download.DownloadConfig(manual_dir=d.manual_dir or None)
     builder.download_and_prepare(download_config=config)
   except Exception as e:  # network, disk, manual files: all end the same way for the user
+    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+      manual = d.manual_dir or os.path.join(os.path.dirname(os.path.dirname(where)), "downloads", "manual")
+      hint = (" (put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org there)"
+              if d.name.startswith("imagenet2012") else "")
+      raise UserError(f"dataset {d.name} is not prepared in {where} and needs a manual download: place the "
+                      f"archives in {manual}{hint}, then run `tfds build {d.name} --data_dir "
+                      f"{d.data_dir or '~/tensorflow_datasets'} --manual_dir {manual}` (or set config.data.manual_dir)"
+                      ) from None
     first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise UserError(f"could not prepare dataset {d.name} in {where} ({first}); prepare it where it can be "
                     f"downloaded (`tfds build {d.name} --data_dir DIR`) and point config.data.data_dir at DIR") from None

@@ -119,9 +119,11 @@ def flat_paths(tree) -> dict:
   return {path_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def merge_matching(fresh, loaded):
+def merge_matching(fresh, loaded, adapt=None):
   """`fresh` with each leaf replaced by `loaded`'s leaf at the same path when shapes agree.
 
+  `adapt(key, loaded_leaf, shape)` may turn a leaf of another shape into this
+  one (a ViT's position embeddings at another resolution) or return None.
   Returns (tree, keys that kept their fresh value): a new classifier head when
   the number of classes differs, for example.
   """
@@ -131,6 +133,9 @@ def merge_matching(fresh, loaded):
   def pick(path, leaf):
     key = path_str(path)
     other = loaded_flat.get(key)
+    if other is not None and tuple(np.shape(other)) != tuple(np.shape(leaf)) and adapt is not None:
+      adapted = adapt(key, np.asarray(other), tuple(np.shape(leaf)))
+      other = None if adapted is None else jax.device_put(adapted, other.sharding)
     if other is not None and tuple(np.shape(other)) == tuple(np.shape(leaf)):
       return other
     kept_fresh.append(key)

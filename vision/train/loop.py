@@ -79,7 +79,8 @@ class Experiment:
     if step is None:
       raise UserError(f"config.train.init_from = {source_workdir!r} holds no checkpoint; train there first or fix the path")
     loaded = src.restore_arrays(step, self.mesh)
-    params, fresh = ckpt_lib.merge_matching(state.params, loaded["params"])
+    from vision.weights.mapping import adapt_pretrained
+    params, fresh = ckpt_lib.merge_matching(state.params, loaded["params"], adapt=adapt_pretrained)
     batch_stats, fresh_stats = ckpt_lib.merge_matching(state.batch_stats, loaded.get("batch_stats", {}))
     if len(fresh) == len(ckpt_lib.flat_paths(state.params)):
       raise UserError(f"no parameter of {source_workdir} (step {step}) fits {self.config.model.name}; "
