@@ -6,9 +6,9 @@ Liu et al. 2021, as torchvision's reference recipe: AdamW, lr 1e-3 at batch 1024
 gradient clipping at global norm 5.0, stochastic depth 0.2 (tiny; 0.3/0.5 for
 S/B). Departures until the recipes issue lands: no Mixup (0.8) / CutMix (1.0),
 RandAugment (paper; torchvision uses TrivialAugmentWide), random erasing (0.25),
-repeated augmentation or weight EMA (torchvision only; the paper uses neither);
-relative_position_bias_table is weight-decayed (2-D), where both exclude it; the
-eval resize is bilinear 256 -> 224 (crop_pct 0.875), not bicubic.
+repeated augmentation or weight EMA (torchvision only; the paper uses neither); the
+eval resize is bilinear 256 -> 224 (crop_pct 0.875), not bicubic. As in both, no
+weight decay on relative_position_bias_table (vision/train/optim.py decay_mask).
 """
 from vision.train.config import default_config, imagenet_data, parse_arg
 

@@ -15,9 +15,8 @@ Departures until the recipes issue lands: no Mixup (DeiT 0.8 / torchvision 0.2),
 CutMix (1.0), RandAugment (DeiT rand-m9-mstd0.5-inc1, torchvision ra), random
 erasing (DeiT 0.25), repeated augmentation or weight EMA (torchvision); warmup
 starts from 0, not from 1e-6 (DeiT) or 0.033 x lr (torchvision).
-Weight decay skips biases and LayerNorm parameters (ndim < 2, as both recipes'
-timm/torchvision norm-and-bias groups) but, unlike DeiT's no_weight_decay(), it
-still applies to pos_embed and cls_token (3-D arrays).
+Weight decay skips biases, LayerNorm parameters, pos_embed and cls_token (DeiT's
+no_weight_decay(); vision/train/optim.py decay_mask).
 Variants: --config configs/vit_b16_imagenet.py:model=vit_small_patch16_224,batch=512
 """
 from vision.errors import UserError

@@ -11,6 +11,10 @@ os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {F
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# torch's CUDA build imports triton (torchvision.models -> torch._dynamo), whose bundled LLVM crashes the
+# process (SIGSEGV) when loaded after TensorFlow. The parity tests run torch on the CPU and never need triton.
+sys.modules.setdefault("triton", None)
+
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
