@@ -40,7 +40,7 @@ def test_lenet5_parameter_count_and_shapes():
 
 def test_list_models_patterns():
   assert {"resnet18", "resnet50", "resnet152"} <= set(list_models("resnet*"))
-  assert list_models("lenet*") == ["lenet5"]
+  assert list_models("lenet*") == ["lenet5", "lenet5_paper"]
   assert list_models() == sorted(list_models())
   assert model_info("lenet5").default_image_size == 32
 

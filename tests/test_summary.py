@@ -56,6 +56,36 @@ def test_lenet5_reproduces_lecun_1998_table():
                      "f6": 10_080, "output": 840}
 
 
+def test_lenet5_paper_reproduces_the_table_exactly():
+  """The paper's variant (sparse C3, trainable subsampling) has the paper's units, connections and weights."""
+  rows = layer_table("lenet5_paper", 32, num_classes=10)
+  got = {r["name"]: (r["units"], r["connections"], r["weights"]) for r in rows}
+  renamed = {"s2": "avg_pool_0", "s4": "avg_pool_1"}
+  for name, want in got.items():
+    if name != "output":
+      assert want == _LECUN_1998[renamed.get(name, name)], name
+  assert list(got) == ["c1", "s2", "c3", "s4", "c5", "f6", "output"]
+  assert totals(rows)["weights"] == num_params(abstract_variables("lenet5_paper")["params"]) == 60_850
+
+
+def test_lenet5_paper_connection_table_and_squashing():
+  from vision.models.lenet import C3_TABLE, squash
+  assert sum(map(len, C3_TABLE)) == 60 and len(C3_TABLE) == 16 and C3_TABLE[15] == tuple(range(6))
+  assert abs(float(squash(jnp.float32(1.0))) - 1.0) < 1e-3  # f(1) ~= 1 by the paper's choice of A and S
+  # Perturbing one S2 map changes exactly the C3 maps that Table I connects to it (rows 0 and 3 of the
+  # paper's table, written out here by hand).
+  import jax
+  from vision.models.lenet import SparseC3
+  sparse = SparseC3()
+  base = jax.random.normal(jax.random.key(1), (1, 14, 14, 6))
+  p = sparse.init(jax.random.key(0), base)
+  out = sparse.apply(p, base)
+  for src, affected in [(3, {1, 2, 3, 6, 7, 8, 9, 12, 14, 15}), (0, {0, 4, 5, 6, 9, 10, 11, 12, 14, 15})]:
+    bumped = sparse.apply(p, base.at[..., src].add(1.0))
+    changed = {j for j in range(16) if float(jnp.abs(bumped[..., j] - out[..., j]).max()) > 0}
+    assert changed == {j for j, m in enumerate(C3_TABLE) if src in m} == affected
+
+
 @pytest.mark.parametrize("name,size,num_classes", [("lenet5", 32, 10), ("resnet18", 64, 1000)])
 def test_totals_are_row_sums_and_weights_equal_num_params(name, size, num_classes):
   rows = layer_table(name, size, num_classes=num_classes)
@@ -149,7 +179,12 @@ def test_alexnet_weights_in_fc_connections_in_convs():
 def test_zoo_table_row():
   rows = zoo_rows("resnet18")
   assert [(r["model"], r["params"], r["image_size"]) for r in rows] == [("resnet18", 11_689_512, 224)]
-  assert zoo_table(rows=rows).splitlines()[2] == "| resnet18 | 11,689,512 | 3.63 | 224 |"
+  assert zoo_table(rows=rows).splitlines()[2] == "| resnet18 | 11,689,512 | 3.63 | 224 |  |"
+  swin = zoo_rows("swin_*")  # aliases fold into their model's row
+  assert [(r["model"], r["aliases"]) for r in swin] == [("swin_b", ["swin_base_patch4_window7_224"]),
+                                                        ("swin_s", ["swin_small_patch4_window7_224"]),
+                                                        ("swin_t", ["swin_tiny_patch4_window7_224"])]
+  assert "| 1,234 |" in zoo_table(rows=[{"model": "m", "params": 1, "gflops": 1234.4, "image_size": 1}])
 
 
 def _cli(*args):

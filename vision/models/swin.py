@@ -190,8 +190,9 @@ def _variant(names, embed_dim, depths, num_heads, drop_path_rate):
     return SwinTransformer(**{"embed_dim": embed_dim, "depths": depths, "num_heads": num_heads,
                               "drop_path_rate": drop_path_rate, **kw})
   factory.__doc__ = f"{names[0]}: embed dim {embed_dim}, depths {depths}, heads {num_heads}, window 7"
-  for name in names:
-    register_model(factory, default_image_size=224, name=name)
+  register_model(factory, default_image_size=224, name=names[0])
+  for alias in names[1:]:
+    register_model(factory, default_image_size=224, name=alias, alias_of=names[0])
 
 
 # torchvision's variants and its stochastic depth defaults; timm's names build the same

@@ -354,22 +354,37 @@ def format_table(rows: list[dict], *, title: str = "", count_bias_connections: b
 
 
 def zoo_rows(pattern: str = "*", num_classes: int = 1000) -> list[dict]:
-  """Per registered model: params at `num_classes`, GFLOPs (2 x multiply-adds) at the default size, seconds taken."""
+  """Per registered model (aliases folded into their model's row): params at `num_classes`, GFLOPs (2 x
+  multiply-adds) at the default size, seconds taken."""
+  names = registry.list_models(pattern)
+  aliases = {}
+  for name in registry.list_models():
+    target = registry.model_info(name).extra.get("alias_of")
+    if target:
+      aliases.setdefault(target, []).append(name)
   out = []
-  for name in registry.list_models(pattern):
+  for name in names:
+    if registry.model_info(name).extra.get("alias_of"):
+      continue
     start = time.perf_counter()
     t = totals(layer_table(name, num_classes=num_classes))
     out.append({"model": name, "params": t["weights"], "gflops": t["flops"] / 1e9,
-                "image_size": registry.model_info(name).default_image_size,
+                "image_size": registry.model_info(name).default_image_size, "aliases": aliases.get(name, []),
                 "seconds": time.perf_counter() - start})
   return out
+
+
+def _gflops(g):
+  return f"{g:,.0f}" if g >= 100 else f"{g:#.3g}"
 
 
 def zoo_table(pattern: str = "*", rows: list[dict] | None = None) -> str:
   """The README's model-zoo table in Markdown."""
   rows = zoo_rows(pattern) if rows is None else rows
-  lines = ["| model | params (1000 classes) | GFLOPs (2 x mult-adds) | resolution |", "|---|---:|---:|---:|"]
-  lines += [f"| {r['model']} | {r['params']:,} | {r['gflops']:#.3g} | {r['image_size']} |" for r in rows]
+  lines = ["| model | params (1000 classes) | GFLOPs (2 x mult-adds) | resolution | also registered as |",
+           "|---|---:|---:|---:|---|"]
+  lines += [f"| {r['model']} | {r['params']:,} | {_gflops(r['gflops'])} | {r['image_size']} | "
+            f"{', '.join(r.get('aliases', []))} |" for r in rows]
   return "\n".join(lines)
 
 
