@@ -154,8 +154,15 @@ def train_batches(d, local_batch, seed, start_step=0, process_index=0, process_c
     records = records.map(lambda b, label: (preprocess.train_decode(b, d), label),
                           num_parallel_calls=_parallel(d)).cache()
 
+  r = d.repeated_augment
+  if d.augment:
+    from vision.data import augment
+    augment.parse(d.augment)  # a bad string fails here, before anything is compiled
+
   def epoch(e):
     shuffled = records.shuffle(min(d.shuffle_buffer, n), seed=base_seed + e * 7919, reshuffle_each_iteration=False)
+    if r > 1:  # repeated augmentation (Hoffer et al. 2020): r copies in a row, n examples per epoch as usual
+      shuffled = shuffled.flat_map(lambda *rec: tf.data.Dataset.from_tensors(rec).repeat(r)).take(n)
     return shuffled.enumerate().map(lambda i, rec: (e * n + i, rec))
 
   ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch).skip(offset)

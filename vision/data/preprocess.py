@@ -105,7 +105,13 @@ def train_image(image, seed, d, decoded=False):
   if d.flip:
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   image = tf.ensure_shape(image, (d.image_size, d.image_size, d.channels))
-  return normalize(image, d.mean, d.std)
+  if not d.augment:
+    return normalize(image, d.mean, d.std)
+  from vision.data import augment
+  # Seeds of their own, so the crop and flip draws stay what they are without augmentation.
+  fold = lambda k: tf.random.experimental.stateless_fold_in(seed, k)
+  image = normalize(augment.apply(image, fold(1), d.augment, d.image_size), d.mean, d.std)
+  return augment.apply(image, fold(2), d.augment, d.image_size, after_normalise=True)
 
 
 def eval_image(image_bytes, d):

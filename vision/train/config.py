@@ -38,6 +38,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.crop_ratio = (3 / 4, 4 / 3)
   c.data.pad = 4  # padding of 'pad_random'
   c.data.flip = True
+  c.data.augment = ""  # e.g. 'randaugment(n=2,m=9,mstd=0.5)+erasing(p=0.25)' (vision/data/augment.py)
+  c.data.repeated_augment = 1  # > 1: each image appears this many times per epoch, differently augmented
   c.data.eval_crop = "center"  # 'center' (resize to image_size / crop_pct, center crop) or 'resize'
   c.data.crop_pct = 0.875
   c.data.mean = IMAGENET_MEAN  # in [0, 1] units
@@ -112,7 +114,8 @@ def validate(config, num_devices: int, num_processes: int = 1):
   t, o = config.train, config.optim
   for key, value in [("train.batch_size", t.batch_size), ("train.eval_batch_size", t.eval_batch_size),
                      ("train.grad_accum_steps", t.grad_accum_steps), ("train.log_every", t.log_every),
-                     ("data.image_size", config.data.image_size)]:
+                     ("data.image_size", config.data.image_size),
+                     ("data.repeated_augment", config.data.repeated_augment)]:
     if not isinstance(value, int) or value <= 0:
       raise UserError(f"config.{key} = {value!r} must be a positive integer")
   if not o.lr > 0 or not math.isfinite(o.lr):

@@ -1,0 +1,136 @@
+"""Augmentations: each op against torchvision's on the same uint8 images, policy invariants, the config string,
+and the train stream with augmentation (deterministic, resumable, repeated augmentation)."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from test_data import digits_data
+from vision.data import augment, pipeline
+from vision.errors import UserError
+
+
+def _images(seed=0, n=3, size=(23, 31)):
+  rng = np.random.default_rng(seed)
+  out = [rng.integers(0, 256, size=(*size, 3)).astype(np.uint8)]
+  # A smooth image with a narrow range: autocontrast and equalize have work to do.
+  y, x = np.mgrid[0:size[0], 0:size[1]]
+  out.append(np.stack([40 + (x * 3) % 50, 60 + (y * 2) % 40, 80 + (x + y) % 30], -1).astype(np.uint8))
+  out.append(np.full((*size, 3), 77, np.uint8))  # constant: the degenerate cases
+  return out[:n]
+
+
+def _ours(op, img, *args):
+  return op(tf.constant(img, tf.float32), *(tf.constant(a, tf.float32) for a in args)).numpy()
+
+
+# (our op, torchvision functional name, our magnitude, torchvision's argument). torchvision's policies compute
+# factors as 1.0 + float(float32 magnitude); the blend factors below are written the same way.
+_factor = lambda m: 1.0 + float(np.float32(m))
+COLOR_OPS = [(op, name, m, _factor(m)) for op, name in (
+    (augment.brightness, "adjust_brightness"), (augment.color, "adjust_saturation"),
+    (augment.contrast, "adjust_contrast"), (augment.sharpness, "adjust_sharpness")) for m in (0.8, -0.7)] + [
+    (augment.posterize, "posterize", 3, 3), (augment.posterize, "posterize", 8, 8),
+    (augment.solarize, "solarize", 128.0, 128.0), (augment.solarize, "solarize", 0.0, 0.0),
+    (augment.autocontrast, "autocontrast", None, None), (augment.equalize, "equalize", None, None),
+    (augment.invert, "invert", None, None),
+]
+
+
+@pytest.mark.parametrize("op,tv_name,ours_arg,tv_arg", COLOR_OPS,
+                         ids=[f"{c[1]}({c[3]})" for c in COLOR_OPS])
+def test_color_ops_equal_torchvision(op, tv_name, ours_arg, tv_arg):
+  torch = pytest.importorskip("torch")
+  F = pytest.importorskip("torchvision.transforms.functional")
+  for img in _images():
+    want = getattr(F, tv_name)(*([torch.from_numpy(img).permute(2, 0, 1)] + ([tv_arg] if tv_arg is not None else [])))
+    got = _ours(op, img, *([ours_arg] if ours_arg is not None else []))
+    np.testing.assert_array_equal(got, want.permute(1, 2, 0).numpy().astype(np.float32), err_msg=tv_name)
+
+
+GEOMETRIC_OPS = [(augment.shear_x, "ShearX", 0.3), (augment.shear_y, "ShearY", -0.25),
+                 (augment.translate_x, "TranslateX", 7.0), (augment.translate_y, "TranslateY", -5.0),
+                 (augment.rotate, "Rotate", 30.0), (augment.rotate, "Rotate", -17.0)]
+
+
+@pytest.mark.parametrize("op,tv_name,m", GEOMETRIC_OPS, ids=[f"{g[1]}({g[2]})" for g in GEOMETRIC_OPS])
+def test_geometric_ops_match_torchvision(op, tv_name, m):
+  """Nearest-neighbour sampling: equal up to rounding ties at a few pixels."""
+  torch = pytest.importorskip("torch")
+  from torchvision.transforms import InterpolationMode
+  from torchvision.transforms.autoaugment import _apply_op
+  img = _images()[0]
+  want = _apply_op(torch.from_numpy(img).permute(2, 0, 1), tv_name, m, InterpolationMode.NEAREST, None)
+  got = _ours(op, img, m)
+  mismatch = np.mean(np.any(got != want.permute(1, 2, 0).numpy(), axis=-1))
+  assert mismatch < 0.02, mismatch
+
+
+def test_identities():
+  img = _images()[0].astype(np.float32)
+  for op, arg in [(augment.posterize, 8), (augment.solarize, 256.0), (augment.brightness, 0.0),
+                  (augment.contrast, 0.0), (augment.shear_x, 0.0), (augment.translate_y, 0.0), (augment.rotate, 0.0)]:
+    np.testing.assert_array_equal(_ours(op, img, arg), img, err_msg=op.__name__)
+  np.testing.assert_array_equal(_ours(augment.rotate, img[:, :23], 90.0)[1:-1, 1:-1],
+                                np.rot90(img[:, :23], 1)[1:-1, 1:-1])  # counter-clockwise
+
+
+@pytest.mark.parametrize("spec", ["randaugment(n=2,m=9,mstd=0.5)", "trivialaugment", "autoaugment",
+                                  "jitter(b=0.4,c=0.4,s=0.4,h=0.1)"])
+def test_policies_keep_uint8_values_and_are_deterministic(spec):
+  img = tf.constant(_images()[1], tf.float32)
+  outs = [augment.apply(img, tf.constant([s, 7]), spec, 23).numpy() for s in range(12)]
+  for out in outs:
+    assert out.shape == img.shape and out.min() >= 0 and out.max() <= 255
+    np.testing.assert_array_equal(out, np.round(out))
+  np.testing.assert_array_equal(augment.apply(img, tf.constant([3, 7]), spec, 23).numpy(), outs[3])
+  assert len({o.tobytes() for o in outs}) >= 6  # different seeds, different results
+
+
+def test_random_erasing_area_and_probability():
+  img = tf.ones((40, 50, 3))
+  erased = [augment.erasing(img, tf.constant([s, 1]), 40, p=1.0).numpy() for s in range(40)]
+  fractions = np.array([np.mean(e[..., 0] == 0) for e in erased])
+  assert np.all(fractions > 0) and np.all(fractions < 0.36) and fractions.min() >= 0.015
+  for e in erased:  # one axis-aligned rectangle, all channels
+    rows, cols = np.nonzero(e[..., 0] == 0)
+    assert (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) == len(rows)
+    assert np.array_equal(e[..., 0] == 0, e[..., 2] == 0)
+  kept = [augment.erasing(img, tf.constant([s, 1]), 40, p=0.0).numpy() for s in range(10)]
+  assert all(np.all(k == 1) for k in kept)
+  noise = augment.erasing(img, tf.constant([0, 1]), 40, p=1.0, mode="pixel").numpy()
+  assert 0 < np.mean(noise != 1) < 0.36 and np.std(noise[noise != 1]) > 0.5
+
+
+def test_config_string_errors():
+  assert augment.parse("randaugment(n=2,m=9)+erasing(p=0.25)") == [("randaugment", {"n": 2, "m": 9.0}),
+                                                                   ("erasing", {"p": 0.25})]
+  with pytest.raises(UserError, match=r"unknown augmentation 'randaugmnt' \(did you mean: randaugment"):
+    augment.parse("randaugmnt")
+  with pytest.raises(UserError, match=r"randaugment takes n=, m=, mstd=, bins= arguments, not 'x=1'"):
+    augment.parse("randaugment(x=1)")
+  with pytest.raises(UserError, match=r"needs a float"):
+    augment.parse("erasing(p=high)")
+
+
+def test_train_stream_with_augmentation_is_deterministic_and_resumable(data_dir):
+  d = digits_data(data_dir)
+  d.augment, d.channels, d.mean, d.std = "randaugment(n=2,m=9,mstd=0.5)+erasing(p=0.5)", 3, (0.5,) * 3, (0.5,) * 3
+  first = pipeline.train_batches(d, 16, seed=1)
+  batches = [next(first) for _ in range(3)]
+  again = pipeline.train_batches(d, 16, seed=1, start_step=2)
+  np.testing.assert_array_equal(next(again)["image"], batches[2]["image"])
+  d.augment = ""
+  plain = next(pipeline.train_batches(d, 16, seed=1))
+  assert not np.array_equal(plain["image"], batches[0]["image"])
+  np.testing.assert_array_equal(plain["label"], batches[0]["label"])  # augmentation leaves the order alone
+
+
+def test_repeated_augmentation_repeats_each_image_differently(data_dir):
+  d = digits_data(data_dir)
+  d.augment, d.repeated_augment, d.channels = "trivialaugment", 3, 3
+  d.mean, d.std = (0.5,) * 3, (0.5,) * 3
+  batch = next(pipeline.train_batches(d, 30, seed=0))
+  labels = batch["label"].reshape(10, 3)
+  assert np.all(labels == labels[:, :1])  # three copies in a row
+  images = batch["image"].reshape(10, 3, -1)
+  assert sum(not np.array_equal(images[i, 0], images[i, 1]) for i in range(10)) >= 5  # augmented apart
