@@ -1,0 +1,42 @@
+"""The benchmark harness runs on CPU on a tiny model and reports sane numbers (no timing assertions)."""
+import math
+import os
+
+import numpy as np
+import pytest
+
+from vision.tools import bench, bench_input
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_bench_reports_positive_finite_numbers_and_mfu_from_cost_analysis(mode):
+  row = bench.bench("lenet5", batch=8, mode=mode, steps_timed=3, warmup=1, peak_tflops=0.5, num_classes=10)
+  for key in ("images_per_sec", "step_ms", "compile_s", "gflops_per_step", "achieved_tflops", "peak_memory_gb"):
+    assert row[key] > 0 and math.isfinite(row[key]), key
+  # MFU is the cost analysis' FLOPs per step over the step time, against the given peak.
+  per_device = row["gflops_per_step"] / row["devices"]
+  assert row["mfu"] == pytest.approx(per_device / (row["step_ms"] / 1e3) / 1e3 / 0.5, rel=1e-9)
+  # LeNet-5's forward is 416,520 multiply-adds per image (tests/test_summary.py); XLA counts a bit more
+  # (bias, pooling, tanh), and a train step adds the backward pass (about 2x the forward) and the update.
+  forward = 2 * 416_520 * 8 / 1e9
+  assert (1.0 if mode == "infer" else 2.5) * forward < row["gflops_per_step"] < (1.2 if mode == "infer" else 4) * forward
+  assert row["images_per_sec"] == pytest.approx(8 / (row["step_ms"] / 1e3))
+  table = bench.format_rows([row])
+  assert "lenet5" in table and "MFU" in table
+
+
+def test_unknown_peak_gives_no_mfu_and_batch_must_divide():
+  row = bench.bench("lenet5", batch=8, steps_timed=2, warmup=1, num_classes=10)
+  assert row["peak_tflops"] is None and row["mfu"] is None  # a CPU has no known peak
+  with pytest.raises(bench.UserError, match="not divisible by the 8 devices"):
+    bench.bench("lenet5", batch=6, steps_timed=1, warmup=0)
+
+
+def test_input_benchmark_our_side_on_its_own_jpegs(tmp_path):
+  root = bench_input.write_jpegs(str(tmp_path), 12, classes=3, size=(64, 48))
+  files = [f for _, _, fs in os.walk(os.path.join(root, "train")) for f in fs]
+  assert len(files) == 12 and all(f.endswith(".jpg") for f in files)
+  from PIL import Image
+  pixels = np.asarray(Image.open(os.path.join(root, "train", "class000", "000000.jpg")))
+  assert pixels.shape == (48, 64, 3) and pixels.std() > 10  # photo-like, not blank
+  assert bench_input.ours(root, images=16, batch=4, size=32) > 0

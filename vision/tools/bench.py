@@ -1,0 +1,196 @@
+"""Training / inference throughput on synthetic data already on the device (no TensorFlow, no input pipeline).
+
+    python -m vision.tools.bench --model resnet50 --batch 256 --dtype bfloat16
+    python -m vision.tools.bench --models "resnet*" --batch 128 --mode infer --json runs/bench.json
+    python -m vision.tools.bench --model vit_base_patch16_224 --batch 256 --attn cudnn --torch --torch-compile
+
+Train mode times the real train step of vision/train/steps.py (forward,
+backward, optimizer update, BatchNorm statistics), jitted over all local
+devices as data parallelism, with the state donated. Each timed step is
+blocked on, and the reported step time is the median over --steps steps after
+--warmup steps; images/s = global batch / median step time. Compile time is
+lower + compile of the step. FLOPs per step come from XLA's cost analysis of the
+compiled step (one device's share, times the devices for the table); model
+FLOPs utilisation (MFU) = one device's FLOPs / step time / one device's peak, with
+the peak from --peak-tflops or, for known accelerators, their dense bf16 (or
+fp32) peak. Peak memory is the device's peak_bytes_in_use where the backend
+reports it (GPU, TPU), else XLA's argument + temporary buffer sizes of the step.
+--torch runs vision/tools/bench_torch.py (torchvision/timm, AMP, channels_last,
+optionally torch.compile) on the same device and batch in a subprocess and
+prints the ratio.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vision.errors import UserError
+from vision.models import create_model, list_models, model_info
+from vision.train import mesh as mesh_lib
+from vision.train import optim, steps
+from vision.train.config import default_config
+
+# Dense peak TFLOP/s by jax device_kind substring: (bfloat16, float32). Vendor datasheets (dense, no sparsity).
+PEAKS = {"H100": (989.0, 67.0), "H200": (989.0, 67.0), "A100": (312.0, 19.5), "L4": (121.0, 30.3),
+         "V100": (125.0, 15.7), "TPU v4": (275.0, 275.0), "TPU v5 lite": (197.0, 197.0), "TPU v5p": (459.0, 459.0),
+         "TPU v6": (918.0, 918.0)}
+
+
+def device_peak_tflops(dtype: str):
+  kind = jax.devices()[0].device_kind
+  for key, (bf16, fp32) in PEAKS.items():
+    if key in kind:
+      return bf16 if dtype != "float32" else fp32
+  return None
+
+
+def _optimizer(name: str):
+  o = default_config().optim
+  o.name, o.lr, o.weight_decay = name, 0.1 if name == "sgd" else 1e-3, 1e-4
+  return optim.make_optimizer(o, o.lr)
+
+
+def bench(model_name: str, batch: int, dtype: str = "float32", mode: str = "train", image_size: int | None = None,
+          steps_timed: int = 20, warmup: int = 3, optimizer: str = "sgd", peak_tflops: float | None = None,
+          num_classes: int = 1000, **model_kwargs) -> dict:
+  """One benchmark row (a dict of JSON-ready numbers)."""
+  info = model_info(model_name)
+  size = image_size or info.default_image_size
+  mesh = mesh_lib.make_mesh()
+  n_dev = mesh.devices.size
+  if batch % n_dev:
+    raise UserError(f"--batch {batch} is not divisible by the {n_dev} devices")
+  model = create_model(model_name, num_classes=num_classes, dtype=steps.compute_dtype(dtype), **model_kwargs)
+  tx = _optimizer(optimizer)
+  shape = (batch, size, size, info.in_channels)
+  abstract = jax.eval_shape(lambda r: steps.init_state(model, tx, r, (1,) + shape[1:]), jax.random.key(0))
+  state_sharding = mesh_lib.state_shardings(abstract, mesh)
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+  state = jax.jit(lambda r: steps.init_state(model, tx, r, (1,) + shape[1:]), out_shardings=state_sharding)(
+      jax.random.key(0))
+  data = {"image": jax.device_put(jax.random.normal(jax.random.key(1), shape, jnp.float32), batch_sharding),
+          "label": jax.device_put(jnp.arange(batch, dtype=jnp.int32) % num_classes, batch_sharding)}
+  if mode == "train":
+    fn = jax.jit(steps.make_train_step(model, tx, num_classes), in_shardings=(state_sharding, batch_sharding),
+                 out_shardings=(state_sharding, None), donate_argnums=0)
+    args = (state, data)
+  elif mode == "infer":
+    variables = steps.model_variables(state)
+    fn = jax.jit(lambda v, x: model.apply({k: t for k, t in v.items() if t}, x, train=False),
+                 in_shardings=(steps.model_variables(state_sharding), batch_sharding))
+    args = (variables, data["image"])
+  else:
+    raise UserError(f"--mode {mode!r} is 'train' or 'infer'")
+
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # The compiled program is one SPMD partition: its cost analysis counts one device's share.
+  device_flops = float((cost or {}).get("flops", float("nan")))
+  memory = compiled.memory_analysis()
+
+  times = []
+  for i in range(warmup + steps_timed):
+    start = time.perf_counter()
+    out = compiled(*args)
+    jax.block_until_ready(out)
+    if mode == "train":
+      args = (out[0], data)  # the donated state comes back
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  step_s = statistics.median(times)
+  stats = jax.devices()[0].memory_stats() or {}
+  peak_bytes = stats.get("peak_bytes_in_use") or (
+      memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+      if memory is not None else None)
+  peak = peak_tflops or device_peak_tflops(dtype)
+  achieved = device_flops / step_s / 1e12  # per device, like the peak
+  return {"model": model_name, "mode": mode, "batch": batch, "image_size": size, "dtype": dtype,
+          "devices": n_dev, "device_kind": jax.devices()[0].device_kind, "images_per_sec": batch / step_s,
+          "step_ms": step_s * 1e3, "step_ms_p10": float(np.percentile(times, 10)) * 1e3,
+          "step_ms_p90": float(np.percentile(times, 90)) * 1e3, "compile_s": compile_s,
+          "gflops_per_step": device_flops * n_dev / 1e9, "achieved_tflops": achieved, "peak_tflops": peak,
+          "mfu": achieved / peak if peak else None, "peak_memory_gb": peak_bytes / 2**30 if peak_bytes else None,
+          "memory_source": "device" if stats.get("peak_bytes_in_use") else "xla_buffers",
+          "jax": jax.__version__}
+
+
+def format_rows(rows: list[dict]) -> str:
+  cols = [("model", "model", "{}"), ("mode", "mode", "{}"), ("batch", "batch", "{}"), ("dtype", "dtype", "{}"),
+          ("images_per_sec", "img/s", "{:,.1f}"), ("step_ms", "step ms", "{:.1f}"), ("compile_s", "compile s", "{:.1f}"),
+          ("gflops_per_step", "GFLOP/step", "{:,.1f}"), ("mfu", "MFU", "{:.1%}"), ("peak_memory_gb", "mem GB", "{:.2f}"),
+          ("torch_images_per_sec", "torch img/s", "{:,.1f}"), ("ratio", "ours/torch", "{:.2f}")]
+  cols = [c for c in cols if any(r.get(c[0]) is not None for r in rows)]
+  body = [[("-" if r.get(k) is None else f.format(r[k])) for k, _, f in cols] for r in rows]
+  widths = [max(len(h), *(len(b[i]) for b in body)) for i, (_, h, _) in enumerate(cols)]
+  line = lambda cells: "  ".join(c.rjust(w) if i > 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+  return "\n".join([line([h for _, h, _ in cols])] + [line(b) for b in body])
+
+
+def torch_peer(row: dict, compile_: bool, timeout: int = 1800) -> dict:
+  """The same model, batch and mode in PyTorch (vision/tools/bench_torch.py) in a subprocess."""
+  cmd = [sys.executable, "-m", "vision.tools.bench_torch", "--model", row["model"], "--batch", str(row["batch"]),
+         "--mode", row["mode"], "--image-size", str(row["image_size"]), "--dtype", row["dtype"], "--json"]
+  if compile_:
+    cmd.append("--compile")
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+  if proc.returncode:
+    return {"torch_error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+  peer = json.loads(proc.stdout.strip().splitlines()[-1])
+  return {"torch_images_per_sec": peer["images_per_sec"], "torch_step_ms": peer["step_ms"],
+          "torch_compile": compile_, "torch_version": peer["torch"], "ratio": row["images_per_sec"] / peer["images_per_sec"]}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(prog="python -m vision.tools.bench", description=__doc__.splitlines()[0])
+  p.add_argument("--model", help="registered model name")
+  p.add_argument("--models", help="shell pattern of models for a table, e.g. 'resnet*'")
+  p.add_argument("--batch", type=int, default=64, help="global batch")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "bf16", "float16"))
+  p.add_argument("--mode", default="train", choices=("train", "infer"))
+  p.add_argument("--image-size", type=int)
+  p.add_argument("--steps", type=int, default=20, help="timed steps (median reported)")
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
+  p.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known accelerators)")
+  p.add_argument("--attn", help="ViT/Swin attention implementation: xla or cudnn")
+  p.add_argument("--torch", action="store_true", help="also run the PyTorch peer and print the ratio")
+  p.add_argument("--torch-compile", action="store_true", help="the PyTorch peer uses torch.compile")
+  p.add_argument("--json", help="write the rows here as JSON")
+  args = p.parse_args(argv)
+  dtype = "bfloat16" if args.dtype == "bf16" else args.dtype
+  try:
+    names = list_models(args.models) if args.models else [args.model] if args.model else []
+    if not names:
+      raise UserError("pass --model NAME or --models PATTERN")
+    rows = []
+    for name in names:
+      kw = {"attn_implementation": args.attn} if args.attn else {}
+      row = bench(name, args.batch, dtype, args.mode, args.image_size, args.steps, args.warmup, args.optimizer,
+                  args.peak_tflops, **kw)
+      if args.torch:
+        row.update(torch_peer(row, args.torch_compile))
+      rows.append(row)
+      print(format_rows([row]), flush=True)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if len(rows) > 1:
+    print("\n" + format_rows(rows))
+  if args.json:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

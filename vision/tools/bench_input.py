@@ -1,0 +1,122 @@
+"""Input-pipeline throughput: our tf.data pipeline against torchvision's DataLoader on the same JPEGs and cores.
+
+    python -m vision.tools.bench_input --images 2000 --batch 64 --size 224
+
+Both sides do the same work per image: read the JPEG, random-resized crop
+(scale 0.08-1, ratio 3/4-4/3) to size x size, horizontal flip, normalise with
+the ImageNet statistics, batch (torchvision: ImageFolder + RandomResizedCrop +
+RandomHorizontalFlip + ToTensor + Normalize in a DataLoader with one worker
+per core; ours: vision.data.pipeline.train_batches on
+`imagefolder:` with config.data's defaults, which decodes only the crop window
+of a JPEG). The tool writes its own JPEGs (photo-like: smooth colour fields plus
+noise, ImageNet's typical 500x375, quality 90) unless --dir points at a folder
+of class folders. Reported: images/s of each after one warm-up batch, and the
+ratio. Each side runs in a process of its own (same cores, no thread pools
+left over from the other, and torch never meets TensorFlow in one process).
+torch is imported only by this tool.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def write_jpegs(root, count, classes=10, size=(500, 375), seed=0):
+  """`count` photo-like JPEGs in root/train/<class>/ (returns root)."""
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  w, h = size
+  for i in range(count):
+    folder = os.path.join(root, "train", f"class{i % classes:03d}")
+    os.makedirs(folder, exist_ok=True)
+    coarse = rng.uniform(0, 255, size=(6, 8, 3)).astype(np.uint8)
+    base = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), np.float32)
+    pixels = np.clip(base + rng.normal(0, 12, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(os.path.join(folder, f"{i:06d}.jpg"), quality=90)
+  return root
+
+
+def _timed(batches, images, batch):
+  next(batches)  # warm-up: tf.data autotuning / DataLoader worker start
+  n, start = 0, time.perf_counter()
+  while n < images:
+    next(batches)
+    n += batch
+  return n / (time.perf_counter() - start)
+
+
+def ours(root, images, batch, size):
+  from vision.data import pipeline
+  from vision.train.config import default_config
+  d = default_config().data
+  d.name, d.image_size, d.train_crop, d.flip, d.shuffle_buffer = f"imagefolder:{root}", size, "inception", True, 1000
+  return _timed(pipeline.train_batches(d, batch, seed=0), images, batch)
+
+
+def torchvision_loader(root, images, batch, size, workers):
+  import torch
+  from torchvision import datasets, transforms
+  t = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                          transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+  loader = torch.utils.data.DataLoader(datasets.ImageFolder(os.path.join(root, "train"), t), batch_size=batch,
+                                       shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+
+  def forever():
+    while True:
+      yield from loader
+  return _timed(forever(), images, batch)
+
+
+def _side(name, root, args):
+  """One side's images/s, measured in a fresh process."""
+  cmd = [sys.executable, "-m", "vision.tools.bench_input", "--side", name, "--dir", root, "--images",
+         str(args.images), "--batch", str(args.batch), "--size", str(args.size), "--workers", str(args.workers)]
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  if proc.returncode:
+    raise RuntimeError(f"{name} side failed: {proc.stderr.strip().splitlines()[-1:]}")
+  return float(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(prog="python -m vision.tools.bench_input", description=__doc__.splitlines()[0])
+  p.add_argument("--images", type=int, default=2000, help="images timed on each side (after one warm-up batch)")
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--size", type=int, default=224)
+  p.add_argument("--dir", help="a folder with train/<class>/*.jpg (default: write --files JPEGs to a temp dir)")
+  p.add_argument("--files", type=int, default=1000, help="JPEGs to write when --dir is not given")
+  p.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers (default: one per core)")
+  p.add_argument("--json", action="store_true")
+  p.add_argument("--side", choices=("ours", "torchvision"), help=argparse.SUPPRESS)  # one side, in this process
+  args = p.parse_args(argv)
+  if args.side == "ours":
+    print(ours(args.dir, args.images, args.batch, args.size))
+    return True
+  if args.side == "torchvision":
+    print(torchvision_loader(args.dir, args.images, args.batch, args.size, args.workers))
+    return True
+  tmp = None
+  root = args.dir
+  if root is None:
+    tmp = tempfile.TemporaryDirectory()
+    root = write_jpegs(tmp.name, args.files)
+  row = {"images": args.images, "batch": args.batch, "size": args.size, "cores": os.cpu_count()}
+  row["ours_images_per_sec"] = _side("ours", root, args)
+  row["torchvision_images_per_sec"] = _side("torchvision", root, args)
+  row["ratio"] = row["ours_images_per_sec"] / row["torchvision_images_per_sec"]
+  if tmp is not None:
+    tmp.cleanup()
+  if args.json:
+    print(json.dumps(row))
+  else:
+    print(f"ours (tf.data): {row['ours_images_per_sec']:,.1f} images/s; torchvision DataLoader ({args.workers} "
+          f"workers): {row['torchvision_images_per_sec']:,.1f} images/s; ratio {row['ratio']:.2f}")
+  return row
+
+
+if __name__ == "__main__":
+  sys.exit(0 if main() else 1)
