@@ -6,6 +6,8 @@ does not depend on tf.data parallelism or on where a run was resumed.
 """
 import tensorflow as tf
 
+from vision.errors import UserError
+
 
 def decode(image_bytes, channels):
   """Any of JPEG/PNG/GIF/BMP -> uint8 [H, W, channels] (gray->RGB repeats, RGBA drops alpha)."""
@@ -121,3 +123,16 @@ def eval_image(image_bytes, d):
     image = resize(decode(image_bytes, d.channels), d.image_size)
   image = tf.ensure_shape(image, (d.image_size, d.image_size, d.channels))
   return normalize(image, d.mean, d.std)
+
+
+def eval_image_file(path, d):
+  """One image file -> float32 [H, W, C] exactly as evaluation preprocesses it; UserError when unreadable."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise UserError(f"cannot read {path}: {e.strerror or type(e).__name__}") from None
+  try:
+    return eval_image(tf.constant(data), d).numpy()
+  except tf.errors.OpError:  # TF's decoders say 'Unknown image file format', 'Invalid JPEG data', ...
+    raise UserError(f"cannot read {path}: not a JPEG, PNG, GIF or BMP image, or the file is damaged") from None

@@ -24,7 +24,8 @@ log = logging.getLogger("vision")
 class Experiment:
   """Everything derived from (config, devices): model, optimizer, shardings, jitted steps."""
 
-  def __init__(self, config, devices=None):
+  def __init__(self, config, devices=None, facts=None):
+    """`facts`: (num_classes, class_names, num_train) when known (from a checkpoint's meta) instead of the data."""
     self.config = config
     self.mesh = mesh_lib.make_mesh(devices)
     n_dev = self.mesh.devices.size
@@ -33,7 +34,7 @@ class Experiment:
     self.pi, self.pc = jax.process_index(), jax.process_count()
     from vision.data import pipeline  # lazily: the training core imports no TensorFlow
     self.pipeline = pipeline
-    self.num_classes, self.class_names, self.num_train = pipeline.dataset_facts(config.data, self.pi, self.pc)
+    self.num_classes, self.class_names, self.num_train = facts or pipeline.dataset_facts(config.data, self.pi, self.pc)
     if config.data.channels != info.in_channels and info.in_channels in (1, 3):
       log.info("model %s expects %d channels; data gives %d", info.name, info.in_channels, config.data.channels)
     self.model = create_model(config.model.name, num_classes=self.num_classes,
@@ -178,7 +179,20 @@ def write_results(workdir, split, step, results) -> str:
 def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: str | None = None,
                         devices=None) -> tuple[dict, str]:
   """Restores the latest (or `step`) checkpoint of `workdir` and evaluates `split`; writes JSON."""
-  exp = Experiment(config, devices)
+  exp, variables, step = restore_for_eval(config, workdir, step, devices)
+  split = split or config.data.eval_split
+  results = exp.evaluate(variables, split)
+  path = write_results(workdir, split, step, results) if jax.process_index() == 0 else ""
+  return results, path
+
+
+def restore_for_eval(config, workdir: str, step: int | None = None, devices=None, facts_from_meta=False):
+  """(Experiment, its {'params', 'batch_stats'} from the latest or `step` checkpoint, the step).
+
+  facts_from_meta: take the classes from the checkpoint's meta, so that predicting needs no dataset
+  (a converted checkpoint's meta has no class names: they are then []).
+  """
+  exp = None if facts_from_meta else Experiment(config, devices)  # config errors first, as before
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     raise UserError(f"no checkpoints in {workdir} (expected {directory}); train there first or fix --workdir")
@@ -190,9 +204,10 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: st
     step = max(steps_there)
   elif step not in steps_there:
     raise UserError(f"no checkpoint for step {step} in {directory}; available steps: {sorted(steps_there)}")
+  if exp is None:
+    meta = ckpt.meta(step)
+    facts = (meta["num_classes"], meta.get("class_names") or [], 0) if "num_classes" in meta else None
+    exp = Experiment(config, devices, facts)
   variables = ckpt.restore_variables(step, exp.abstract_with_sharding(variables_only=True), exp.meta)
-  split = split or config.data.eval_split
-  results = exp.evaluate(variables, split)
-  path = write_results(workdir, split, step, results) if jax.process_index() == 0 else ""
-  return results, path
+  return exp, variables, step
 

@@ -92,8 +92,12 @@ def model_variables(state: TrainState) -> dict:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error (Guo et al. 2017)
+
+
 def make_eval_step(model, num_classes):
-  """Sums over a padded batch (mask = 0 rows ignored): loss, top-1/top-5 hits, count, confusion matrix."""
+  """Sums over a padded batch (mask = 0 rows ignored): loss, top-1/top-5 hits, count, confusion matrix,
+  and per confidence bin the count, summed confidence and hits (for the calibration error)."""
 
   def eval_step(variables, batch):
     """`variables`: {'params', 'batch_stats'} (see model_variables): all that evaluation needs."""
@@ -106,8 +110,15 @@ def make_eval_step(model, num_classes):
     hit5 = jnp.any(top5 == labels[:, None], axis=-1)
     confusion = jnp.einsum("bi,bj->ij", jax.nn.one_hot(labels, num_classes) * mask[:, None],
                            jax.nn.one_hot(pred, num_classes), preferred_element_type=jnp.float32)
-    return {"loss_sum": jnp.sum(loss * mask), "top1_hits": jnp.sum((pred == labels) * mask),
-            "top5_hits": jnp.sum(hit5 * mask), "count": jnp.sum(mask), "confusion": confusion}
+    # Bin m holds confidences in (m/M, (m+1)/M]; the max softmax probability is never 0.
+    confidence = jnp.max(jax.nn.softmax(logits), axis=-1)
+    bins = jax.nn.one_hot(jnp.clip(jnp.ceil(confidence * ECE_BINS).astype(jnp.int32) - 1, 0, ECE_BINS - 1),
+                          ECE_BINS) * mask[:, None]
+    hit1 = (pred == labels) * mask
+    return {"loss_sum": jnp.sum(loss * mask), "top1_hits": jnp.sum(hit1), "top5_hits": jnp.sum(hit5 * mask),
+            "count": jnp.sum(mask), "confusion": confusion, "bin_count": jnp.sum(bins, 0),
+            # Elementwise, not a matmul: accelerators may run float32 matmuls at reduced precision.
+            "bin_confidence": jnp.sum(confidence[:, None] * bins, 0), "bin_hits": jnp.sum(hit1[:, None] * bins, 0)}
 
   return eval_step
 
