@@ -13,6 +13,11 @@ WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metri
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}; configure with --config.<key>=<value>")
+  if cli.CONFIG.value.task == "dinov2":  # self-supervised pretraining (vision/ssl)
+    from vision.ssl import loop as ssl_loop
+    results = ssl_loop.train_and_evaluate(cli.CONFIG.value, WORKDIR.value)
+    print(f"final {ssl_loop.summary(results)}" if results else "done")
+    return
   from vision.train.loop import train_and_evaluate
   results = train_and_evaluate(cli.CONFIG.value, WORKDIR.value)
   if results:

@@ -102,6 +102,28 @@ def test_data_parallel_and_fsdp_match_one_device():
     chex.assert_trees_all_close(state.batch_stats, ref_state.batch_stats, rtol=1e-5, atol=1e-6)
 
 
+def _bytes_on(tree, device):
+  return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards if s.device == device)
+
+
+def test_fsdp_keeps_an_eighth_of_params_and_optimizer_state_per_device():
+  """Per-device bytes under FSDP: 1/8 of every leaf of >= fsdp_min_size elements, all of the small ones."""
+  model = ResNet(stage_sizes=(1, 1), block="basic", num_classes=10, stem="cifar")
+  dev = jax.devices()[0]
+  dp_state, _, _ = _setup(model, devices=jax.devices(), min_size=1024)
+  state, step, batch = _setup(model, fsdp=True, devices=jax.devices(), min_size=1024)
+  state, _ = step(state, batch)  # the step's outputs keep the layout
+  for name in ("params", "opt_state"):
+    tree, dp_tree = getattr(state, name), getattr(dp_state, name)
+    leaves = jax.tree.leaves(tree)
+    total = sum(x.nbytes for x in leaves)
+    big = sum(x.nbytes for x in leaves if x.size >= 1024)
+    assert big > 0.99 * total  # the small leaves (BatchNorm scales, biases, counts) are ~0.2% of the bytes
+    assert _bytes_on(tree, dev) == big // 8 + (total - big)
+    assert _bytes_on(dp_tree, dev) == total  # data parallel: a full copy on every device
+    assert _bytes_on(tree, dev) < 0.13 * total
+
+
 def test_gradient_accumulation_matches_full_batch():
   model = create_model("lenet5", num_classes=10)  # no BatchNorm: micro-batches are exactly equivalent
   one = jax.devices()[:1]

@@ -16,5 +16,13 @@ def close_matches(name, candidates, n=3):
   return f" (did you mean: {', '.join(matches)}?)" if matches else ""
 
 
+class WriteError(UserError):
+  """A checkpoint could not be written (full disk, no permission); the message names the intact one."""
+
+
 class TrainingError(Exception):
   """Training cannot go on (e.g. a non-finite loss); the message names the step and the last checkpoint."""
+
+
+class Preempted(Exception):
+  """SIGTERM: a checkpoint was saved and the run stopped; rerunning the same command resumes (exit 143)."""

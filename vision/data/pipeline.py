@@ -1,11 +1,13 @@
 """tf.data input: tfds datasets by name or class-per-folder images -> per-process numpy batches.
 
-Train stream: each process reads its own even share of the split; epoch e is
-that share shuffled with seed (seed, e); the stream is epochs back to back,
-batched without regard to epoch boundaries. Its position is a pure function of
-the step (step x local batch examples), so a resumed run skips the encoded
-records it already consumed (no decoding) and sees exactly the batches an
-uninterrupted run would have seen.
+Train stream: the split is cut into config.data.train_shards even shards (by
+default one per process) and each process reads only its own; epoch e of a
+shard is the shard shuffled with seed (seed, shard, e); a shard's stream is
+epochs back to back, batched without regard to epoch boundaries, and a
+process's batch is its shards' batches side by side. The position is a pure
+function of the step (step x examples per shard and batch), so a resumed run
+skips the encoded records it already consumed (no decoding) and sees exactly
+the batches an uninterrupted run would have seen.
 
 With config.data.cache, decoded uint8 images are kept in memory (small
 datasets): skipping is then cheaper still, and the stream is the same.
@@ -14,6 +16,7 @@ Eval stream: every example of the split exactly once, padded with mask=0
 examples to whole batches of the same count on every process.
 """
 import dataclasses
+import logging
 import math
 import os
 from typing import Iterator
@@ -24,6 +27,7 @@ import tensorflow as tf
 from vision.data import preprocess
 from vision.errors import UserError, close_matches
 
+log = logging.getLogger("vision")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # tf.data must not take the accelerators from JAX.
 tf.config.set_visible_devices([], "GPU")
@@ -99,6 +103,8 @@ def _tfds_source(d, split, process_index, process_count):
 
 
 def _folder_source(d, split, process_index, process_count):
+  """root/<split>/<class>/<image>; files no decoder can read are left out (vision/data/scan.py)."""
+  from vision.data import scan
   root = d.name[len("imagefolder:"):]
   split_dir = os.path.join(root, split)
   if not os.path.isdir(split_dir):
@@ -108,14 +114,22 @@ def _folder_source(d, split, process_index, process_count):
   train_dir = os.path.join(root, d.train_split)  # class names come from the train split
   class_root = train_dir if os.path.isdir(train_dir) else split_dir
   class_names = sorted(e for e in os.listdir(class_root) if os.path.isdir(os.path.join(class_root, e)))
+  found = {}
+  for name in class_names:
+    folder = os.path.join(split_dir, name)
+    found[name] = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                         if f.lower().endswith(IMAGE_EXTENSIONS)) if os.path.isdir(folder) else []
+  bad = scan.bad_files([f for fs in found.values() for f in fs], d.channels, split_dir)
   files, labels = [], []
   for label, name in enumerate(class_names):
-    folder = os.path.join(split_dir, name)
-    found = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)) if os.path.isdir(folder) else []
-    if not found and class_root == split_dir:
-      raise UserError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images or remove it")
-    files += [os.path.join(folder, f) for f in found]
-    labels += [label] * len(found)
+    good = [f for f in found[name] if f not in bad]
+    if not good and class_root == split_dir:
+      why = f"its {len(found[name])} files cannot be decoded" if found[name] else \
+          f"no {', '.join(IMAGE_EXTENSIONS)} files"
+      raise UserError(f"class folder {os.path.join(split_dir, name)} has no images ({why}); add images or "
+                      "remove the folder")
+    files += good
+    labels += [label] * len(good)
   if not files:
     raise UserError(f"image folder {split_dir} holds no images in class subfolders")
   unknown = sorted(set(e for e in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, e))) - set(class_names))
@@ -130,9 +144,42 @@ def _folder_source(d, split, process_index, process_count):
 
 def source(d, split, process_index=0, process_count=1) -> Source:
   """The split's encoded records for this process. `d` is config.data."""
+  classes = tuple(d.get("classes", ()))
+  if classes:
+    return _class_subset(d, split, process_index, process_count, classes)
   if d.name.startswith("imagefolder:"):
     return _folder_source(d, split, process_index, process_count)
   return _tfds_source(d, split, process_index, process_count)
+
+
+def _class_subset(d, split, process_index, process_count, classes) -> Source:
+  """Only the examples of `classes` (config.data.classes), relabelled 0..n-1 in that order.
+
+  Counting them takes one pass over the split's labels (the encoded images are not decoded): cheap for small
+  datasets, minutes for ImageNet.
+  """
+  import ml_collections
+  whole = ml_collections.ConfigDict(d.to_dict())
+  whole.classes = ()
+  shares = [source(whole, split, p, process_count) for p in range(process_count)]
+  num_classes = shares[0].num_classes
+  bad = [c for c in classes if c >= num_classes]
+  if bad:
+    raise UserError(f"config.data.classes = {classes}: {bad} are not labels of {d.name} (0..{num_classes - 1})")
+  table = np.full(num_classes, -1, np.int64)
+  table[list(classes)] = np.arange(len(classes))
+  lookup = tf.constant(table)
+
+  def count(share):
+    labels = share.records.map(lambda image, label: label, num_parallel_calls=tf.data.AUTOTUNE)
+    hist = labels.reduce(tf.zeros(num_classes, tf.int64), lambda acc, y: acc + tf.one_hot(y, num_classes, dtype=tf.int64))
+    return int(np.sum(hist.numpy()[list(classes)]))
+
+  sizes = [count(s) for s in shares]
+  mine = shares[process_index].records.filter(lambda image, label: tf.gather(lookup, label) >= 0)
+  mine = mine.map(lambda image, label: (image, tf.gather(lookup, label)))
+  names = [shares[0].class_names[c] if c < len(shares[0].class_names) else str(c) for c in classes]
+  return Source(mine, sizes[process_index], max(sizes), sum(sizes), len(classes), names)
 
 
 def _parallel(d):
@@ -140,15 +187,35 @@ def _parallel(d):
 
 
 def train_batches(d, local_batch, seed, start_step=0, process_index=0, process_count=1) -> Iterator[dict]:
-  """Endless numpy batches {'image': f32 [B,H,W,C], 'label': i32 [B]} from `start_step` on."""
-  src = source(d, d.train_split, process_index, process_count)
+  """Endless numpy batches {'image': f32 [B,H,W,C], 'label': i32 [B]} from `start_step` on.
+
+  The batch is the concatenation of equal parts of this process's shards (config.data.train_shards), so
+  the global batch, process-local parts put side by side, does not depend on the number of processes.
+  """
+  num_shards = d.get("train_shards", 0) or process_count
+  mine = num_shards // process_count
+  shards = range(process_index * mine, (process_index + 1) * mine)
+  streams = [_shard_batches(d, local_batch // mine, seed, start_step, s, num_shards) for s in shards]
+  log.info("process %d of %d reads train shards %s of %d (%s examples)", process_index, process_count,
+           list(shards), num_shards, " + ".join(str(n) for _, n in streams))
+  streams = [ds for ds, _ in streams]
+  if mine == 1:
+    return iter(streams[0].as_numpy_iterator())
+  ds = tf.data.Dataset.zip(tuple(streams)).map(lambda *parts: {k: tf.concat([p[k] for p in parts], 0)
+                                                               for k in parts[0]})
+  return iter(ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
+
+
+def _shard_batches(d, local_batch, seed, start_step, shard, num_shards):
+  """(one shard's endless batches from `start_step` on, the shard's number of examples)."""
+  src = source(d, d.train_split, shard, num_shards)
   n = src.num_examples
   if n < local_batch:
-    raise UserError(f"the train split has {n} examples per process, fewer than the local batch {local_batch}; "
-                    "lower config.train.batch_size")
+    raise UserError(f"the train split has {n} examples per shard, fewer than the batch's part {local_batch}; "
+                    "lower config.train.batch_size (or config.data.train_shards)")
   consumed = start_step * local_batch
   start_epoch, offset = divmod(consumed, n)
-  base_seed = np.int64(seed) * 1_000_003 + process_index
+  base_seed = np.int64(seed) * 1_000_003 + shard
   records = src.records
   if d.cache:  # decode (and resize) once, keep uint8 images in memory
     records = records.map(lambda b, label: (preprocess.train_decode(b, d), label),
@@ -173,8 +240,7 @@ def train_batches(d, local_batch, seed, start_step=0, process_index=0, process_c
     return {"image": image, "label": tf.cast(label, tf.int32)}
 
   ds = ds.map(process, num_parallel_calls=_parallel(d), deterministic=True)
-  ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return iter(ds.as_numpy_iterator())
+  return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE), n
 
 
 def eval_batches(d, split, local_batch, process_index=0, process_count=1):
@@ -183,7 +249,8 @@ def eval_batches(d, split, local_batch, process_index=0, process_count=1):
   num_batches = max(1, math.ceil(src.max_share / local_batch))
   ds = src.records.map(lambda b, label: {"image": preprocess.eval_image(b, d), "label": tf.cast(label, tf.int32),
                                          "mask": tf.constant(1.0)}, num_parallel_calls=_parallel(d))
-  pad = {"image": tf.zeros((d.image_size, d.image_size, d.channels)), "label": tf.constant(0), "mask": tf.constant(0.0)}
+  size = preprocess.eval_size(d)
+  pad = {"image": tf.zeros((size, size, d.channels)), "label": tf.constant(0), "mask": tf.constant(0.0)}
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_batches * local_batch - src.num_examples))
   ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE)
   return ds.as_numpy_iterator(), num_batches

@@ -116,12 +116,18 @@ def train_image(image, seed, d, decoded=False):
   return augment.apply(image, fold(2), d.augment, d.image_size, after_normalise=True)
 
 
+def eval_size(d) -> int:
+  """The evaluation resolution: data.eval_image_size (FixRes: other than the train crops) or data.image_size."""
+  return d.get("eval_image_size", 0) or d.image_size
+
+
 def eval_image(image_bytes, d):
+  size = eval_size(d)
   if d.eval_crop == "center":
-    image = center_crop(image_bytes, d.image_size, d.crop_pct, d.channels)
+    image = center_crop(image_bytes, size, d.crop_pct, d.channels)
   else:
-    image = resize(decode(image_bytes, d.channels), d.image_size)
-  image = tf.ensure_shape(image, (d.image_size, d.image_size, d.channels))
+    image = resize(decode(image_bytes, d.channels), size)
+  image = tf.ensure_shape(image, (size, size, d.channels))
   return normalize(image, d.mean, d.std)
 
 

@@ -231,6 +231,7 @@ class VisionTransformer(nn.Module):
   interpolate_offset: float = 0.0
   drop_rate: float = 0.0  # dropout before the head
   drop_path_rate: float = 0.0
+  drop_path_uniform: bool = False  # every block at drop_path_rate (DINOv2's drop_path_uniform) instead of linear
   attn_implementation: str | None = None  # jax.nn.dot_product_attention(implementation=...): 'xla', 'cudnn'
   num_classes: int = 1000
   dtype: jnp.dtype = jnp.float32
@@ -250,7 +251,8 @@ class VisionTransformer(nn.Module):
     self.pos_embed = self.param("pos_embed", _dense_init, (1, num_pos, d))
     if self.use_mask_token:
       self.mask_token = self.param("mask_token", nn.initializers.zeros, (1, d))
-    rates = drop_path_rates(self.drop_path_rate, self.depth)
+    rates = [self.drop_path_rate] * self.depth if self.drop_path_uniform else \
+        drop_path_rates(self.drop_path_rate, self.depth)
     self.blocks = [Block(self.num_heads, int(d * self.mlp_ratio), self.qkv_bias, self.init_values, self.swiglu,
                          rates[i], self.dtype, self.attn_implementation) for i in range(self.depth)]
     if self.global_pool == "avg":

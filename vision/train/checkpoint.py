@@ -5,16 +5,30 @@ state, RNG, step; the data position is a function of the step) and a small JSON
 'meta' item naming the model and the number of classes, so a workdir that does
 not fit the config is refused with a message before anything is restored.
 Orbax writes into a temporary directory and renames on completion, so a run
-killed mid-save leaves the previous checkpoints readable.
+killed mid-save leaves the previous checkpoints readable (the temporary
+directory is removed on the next start). Old checkpoints are retired the same
+way: renamed into checkpoints/.trash (atomic) and only then deleted, so a kill
+during a deletion cannot leave a half-deleted '<step>' directory that looks
+complete. A save that fails for lack of space or permission ends the run with
+a UserError naming the step, the reason and the intact checkpoint to resume from.
 """
+import errno
+import logging
 import os
+import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from vision.errors import UserError
+from vision.errors import UserError, WriteError
+
+TRASH = ".trash"  # not a step name, so Orbax never lists it
+_WRITE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                 errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                 errno.EROFS: "read-only file system", errno.EFBIG: "file too large",
+                 errno.ENOTDIR: "not a directory"}
 
 
 def _metric_key(best_metric):
@@ -31,11 +45,20 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keep_policies), create=not read_only,
-        enable_async_checkpointing=async_save, read_only=read_only, cleanup_tmp_directories=True)
-    # Handlers named up front, so a fresh manager can read metadata before any save or restore.
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
-        "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+        enable_async_checkpointing=async_save, read_only=read_only, cleanup_tmp_directories=True,
+        todelete_subdir=None if read_only else TRASH)
+    try:
+      # Handlers named up front, so a fresh manager can read metadata before any save or restore.
+      self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+          "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+    except Exception as e:
+      if not read_only and _write_error(e):
+        raise UserError(f"cannot create {self.directory} ({_write_error(e)}); choose a writable --workdir") from None
+      raise
     self.best_metric = best_metric
+    self.read_only = read_only
+    self._pending = None  # the step of a save that may still be in flight
+    self._empty_trash()
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -47,11 +70,45 @@ class Checkpointer:
     return self.manager.best_step() if self.best_metric else None
 
   def save(self, step: int, state, meta: dict, metrics: dict | None = None):
+    """Starts saving `step` (in the background with async_save) after the previous save has finished."""
     if metrics is not None and self.best_metric and self.best_metric not in metrics:
       metrics = None
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(meta)),
-                      metrics=metrics, force=True)
+    self.wait()  # Orbax's save waits for the previous one anyway; here its errors get our message
+    self._empty_trash()
+    self._pending = step
+    with self._write_errors():
+      self._check_space(step, sum(x.nbytes for x in jax.tree.leaves(state)))
+      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      meta=ocp.args.JsonSave(meta)),
+                        metrics=metrics, force=True)
+
+  def complete_steps(self) -> list:
+    """Steps whose checkpoint was committed, read from the directory itself (not the manager's cache)."""
+    names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+    return sorted(int(n) for n in names if n.isdigit())
+
+  def _check_space(self, step, nbytes):
+    """Refuses a save that cannot fit before it starts (one process; several rely on Orbax's own errors).
+
+    A save that fails half-way is safe too (the previous checkpoint stays), but Orbax's background writers
+    then log a traceback each; this check turns the common case, a full disk, into the one line alone.
+    """
+    if jax.process_count() > 1:
+      return
+    need = int(nbytes * 1.05) + 2**16
+    free = shutil.disk_usage(self.directory).free
+    if free < need:
+      raise OSError(errno.ENOSPC, f"{need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free")
+
+  def _empty_trash(self):
+    """Deletes retired checkpoints (renamed into TRASH by Orbax; see the module docstring)."""
+    trash = os.path.join(self.directory, TRASH)
+    if not self.read_only and jax.process_index() == 0 and os.path.isdir(trash):
+      for name in os.listdir(trash):
+        shutil.rmtree(os.path.join(trash, name), ignore_errors=True)
+
+  def _write_errors(self):
+    return _WriteErrors(self)
 
   def meta(self, step):
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -85,8 +142,21 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))["state"]
 
-  def restore_variables(self, step, abstract_variables: dict, meta: dict) -> dict:
-    """Only {'params', 'batch_stats'} (what a forward pass needs), from a training or a converted checkpoint."""
+  def restore_variables(self, step, abstract_variables: dict, meta: dict, ema=False) -> dict:
+    """Only {'params', 'batch_stats'} (what a forward pass needs), from a training or a converted checkpoint;
+    with ema, those of the model EMA (config.train.ema_decay > 0)."""
+    if ema:
+      have = {k.split("/")[0] for k in flat_paths(self.manager.item_metadata(step)["state"])}
+      if "ema" not in have:
+        raise UserError(f"the checkpoint at step {step} in {self.directory} holds no model EMA (trained without "
+                        "config.train.ema_decay); evaluate the raw weights (no --ema)")
+      self.check_fits(step, {"ema": abstract_variables}, meta)
+      target = {"ema": {k: v for k, v in abstract_variables.items() if jax.tree.leaves(v)}}
+      restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target)
+      path = os.path.join(self.directory, str(step), "state")
+      restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+          path, args=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True))["ema"]
+      return {k: restored.get(k, v) for k, v in abstract_variables.items()}
     self.check_fits(step, abstract_variables, meta)
     target = {k: v for k, v in abstract_variables.items() if jax.tree.leaves(v)}
     restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target)
@@ -103,10 +173,63 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
 
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._write_errors():
+      self.manager.wait_until_finished()
+    self._pending = None
 
   def close(self):
-    self.manager.close()
+    with self._write_errors():
+      self.manager.close()
+    self._pending = None
+
+
+def _not_a_write_error(record) -> bool:
+  """Orbax logs a failed background save with its traceback; our one-line UserError says it instead."""
+  return not (record.exc_info and _write_error(record.exc_info[1]))
+
+
+for _name in ("absl", "asyncio"):  # Orbax logs through absl's logger, its unawaited writes through asyncio's
+  logging.getLogger(_name).addFilter(_not_a_write_error)
+
+
+class _WriteErrors:
+  """Turns a failed write (full disk, no permission) into a UserError naming the intact checkpoint."""
+
+  def __init__(self, ckpt):
+    self.ckpt = ckpt
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, error, tb):
+    reason = error is not None and _write_error(error)
+    if not reason:
+      return False
+    c, step = self.ckpt, self.ckpt._pending
+    c._pending = None
+    for name in os.listdir(c.directory) if os.path.isdir(c.directory) else []:
+      if name.startswith(f"{step}.orbax-checkpoint-tmp"):  # give the space back now, not on the next start
+        shutil.rmtree(os.path.join(c.directory, name), ignore_errors=True)
+    done = [s for s in c.complete_steps() if s != step]
+    resume = f"it resumes from step {done[-1]}, which is intact" if done else "no earlier checkpoint exists"
+    raise WriteError(f"could not write the checkpoint of step {step} to {c.directory} ({reason}); free space or "
+                    f"make the directory writable, then rerun the same command: {resume}") from None
+
+
+def _write_error(error) -> str:
+  """The reason, when `error` (or an exception it was raised from) is a failed write; '' otherwise."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _WRITE_ERRORS:
+      detail = error.strerror if error.errno == errno.ENOSPC and "free" in str(error.strerror) else ""
+      return _WRITE_ERRORS[error.errno] + (f": {detail}" if detail else "")
+    text = str(error).lower()  # tensorstore reports errno text inside its own status messages
+    for reason in _WRITE_ERRORS.values():
+      if reason in text:
+        return reason
+    error = error.__cause__ or error.__context__
+  return ""
 
 
 def path_str(path) -> str:

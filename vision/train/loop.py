@@ -9,13 +9,14 @@ import jax
 import jax.numpy as jnp
 import tqdm
 
-from vision.errors import TrainingError, UserError
+from vision.errors import Preempted, TrainingError, UserError
 from vision.evaluators import classification
 from vision.models import create_model, model_info
 from vision.train import checkpoint as ckpt_lib
 from vision.train import config as config_lib
 from vision.train import mesh as mesh_lib
 from vision.train import optim, steps
+from vision.train.preemption import Preemption
 from vision.train.writers import MetricWriter
 
 log = logging.getLogger("vision")
@@ -43,16 +44,29 @@ class Experiment:
     self.steps_per_epoch = max(1, self.num_train // t.batch_size)
     self.total_steps = t.num_steps if t.num_steps > 0 else int(math.ceil(t.num_epochs * self.steps_per_epoch))
     self.schedule = optim.lr_schedule(config.optim, self.steps_per_epoch, self.total_steps)
-    self.tx = optim.make_optimizer(config.optim, self.schedule)
     size = config.data.image_size
     self.image_shape = (1, size, size, config.data.channels)
-    init = lambda rng: steps.init_state(self.model, self.tx, rng, self.image_shape)
+    abstract_variables = lambda model: jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros(self.image_shape), train=False))
+    variables = abstract_variables(self.model)
+    # The classifier: the leaves whose shape changes with the number of classes (any architecture).
+    other = create_model(config.model.name, num_classes=self.num_classes + 1, **dict(config.model.kwargs))
+    self.head = optim.head_mask(variables["params"], abstract_variables(other)["params"])
+    self.tx = optim.make_optimizer(config.optim, self.schedule, variables["params"], self.head, t.freeze)
+    self.ema = t.ema_decay > 0
+    init = lambda rng: steps.init_state(self.model, self.tx, rng, self.image_shape, self.ema)
     self.abstract_state = jax.eval_shape(init, jax.random.key(0))
     self.state_sharding = mesh_lib.state_shardings(self.abstract_state, self.mesh, t.fsdp, t.fsdp_min_size)
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
     self._init = jax.jit(init, out_shardings=self.state_sharding)
+    mix = dict(mixup_alpha=t.mixup_alpha, cutmix_alpha=t.cutmix_alpha, switch_prob=t.mix_switch_prob,
+               prob=t.mix_prob) if t.mixup_alpha > 0 or t.cutmix_alpha > 0 else None
+    ema = dict(ema_decay=t.ema_decay, ema_every=t.ema_every,
+               ema_warmup_steps=int(round(t.ema_warmup_epochs * self.steps_per_epoch))) if self.ema else None
+    frozen_stats = optim.frozen_mask(variables.get("batch_stats", {}), t.freeze) if t.freeze else None
     train_step = steps.make_train_step(self.model, self.tx, self.num_classes, t.label_smoothing,
-                                       t.grad_accum_steps, config.model.aux_loss_weight, self.batch_sharding)
+                                       t.grad_accum_steps, config.model.aux_loss_weight, self.batch_sharding,
+                                       t.skip_nonfinite, mix, ema, frozen_stats)
     self.train_step = jax.jit(train_step, in_shardings=(self.state_sharding, self.batch_sharding),
                               out_shardings=(self.state_sharding, None), donate_argnums=0)
     self.variables_sharding = steps.model_variables(self.state_sharding)
@@ -81,13 +95,18 @@ class Experiment:
       raise UserError(f"config.train.init_from = {source_workdir!r} holds no checkpoint; train there first or fix the path")
     loaded = src.restore_arrays(step, self.mesh)
     from vision.weights.mapping import adapt_pretrained
-    params, fresh = ckpt_lib.merge_matching(state.params, loaded["params"], adapt=adapt_pretrained)
+    source = loaded["params"]
+    if self.config.train.init_new_head:  # drop the classifier's leaves: they stay freshly initialised
+      head = {k for k, h in ckpt_lib.flat_paths(self.head).items() if h}
+      source = {k: v for k, v in ckpt_lib.flat_paths(source).items() if k not in head}  # flat paths merge the same
+    params, fresh = ckpt_lib.merge_matching(state.params, source, adapt=adapt_pretrained)
     batch_stats, fresh_stats = ckpt_lib.merge_matching(state.batch_stats, loaded.get("batch_stats", {}))
     if len(fresh) == len(ckpt_lib.flat_paths(state.params)):
       raise UserError(f"no parameter of {source_workdir} (step {step}) fits {self.config.model.name}; "
                       "init_from needs a checkpoint of the same architecture")
     log.info("init_from %s step %d: kept fresh %s", source_workdir, step, fresh + fresh_stats or "nothing")
-    state = state.replace(params=params, batch_stats=batch_stats, opt_state=self.tx.init(params))
+    state = state.replace(params=params, batch_stats=batch_stats, opt_state=self.tx.init(params),
+                          ema={"params": params, "batch_stats": batch_stats} if self.ema else {})
     return jax.device_put(state, self.state_sharding)
 
   def eval_batches(self, split):
@@ -105,9 +124,58 @@ def _every(value, steps_per_epoch):
   return steps_per_epoch if value <= 0 else value
 
 
+def _headline(results) -> dict:
+  """The eval numbers logged to metrics.jsonl / TensorBoard (the JSON report holds everything)."""
+  out = {k: results[k] for k in ("top1", "top5", "loss")}
+  out["macro_f1"] = results["macro"]["f1"]
+  if "ece" in results:
+    out["ece"] = results["ece"]
+  return out
+
+
+def _check_writable(workdir):
+  """Fails in one line before anything is compiled when the workdir cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"cannot write to --workdir {workdir} ({e.strerror}); choose a writable directory") from None
+
+
+def _barrier(name):
+  """Several processes meet here before the next collective.
+
+  The coordination service's barrier (Orbax's, given the processes), not a device collective: on CPU, gloo
+  gives up on a peer that is more than 30 s late, and start-up work (preparing data, importing TensorFlow,
+  building the input pipeline) can differ by more than that between processes on a loaded machine.
+  """
+  if jax.process_count() > 1:
+    from orbax.checkpoint import multihost
+    multihost.sync_global_processes(name, timeout=3600, processes=set(range(jax.process_count())))
+
+
+def _prepare_data_once(config):
+  """Several processes: process 0 prepares a missing tfds dataset while the others wait (no race on data_dir)."""
+  if jax.process_count() > 1 and jax.process_index() == 0:
+    from vision.data import pipeline
+    pipeline.dataset_facts(config.data)
+  _barrier("vision:dataset_prepared")
+
+
 def train_and_evaluate(config, workdir: str, devices=None) -> dict:
-  """Trains (resuming from the workdir's latest checkpoint) and returns the last eval results."""
+  """Trains (resuming from the workdir's latest checkpoint) and returns the last eval results.
+
+  Stops with TrainingError on a non-finite loss (unless config.train.skip_nonfinite) and with
+  Preempted after saving a checkpoint on SIGTERM.
+  """
+  _check_writable(workdir)
+  _prepare_data_once(config)
   exp = Experiment(config, devices)
+  exp.pipeline.source(config.data, config.data.eval_split, exp.pi, exp.pc)  # a bad split fails now, not at eval
+  _barrier("vision:experiment_built")  # Orbax's first collective follows
   t = config.train
   ckpt = ckpt_lib.Checkpointer(workdir, t.keep_checkpoints, t.best_metric, t.async_checkpointing)
   latest = ckpt.latest_step()
@@ -118,59 +186,89 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     state = exp.init_state()
   start = int(jax.device_get(state.step))
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   writer = MetricWriter(workdir)
   local_batch = t.batch_size // exp.pc
   batches = exp.pipeline.train_batches(config.data, local_batch, config.seed, start, exp.pi, exp.pc)
   batches = mesh_lib.prefetch_to_device(batches, exp.batch_sharding, config.data.prefetch)
+  _barrier("vision:input_ready")  # the first step's collectives follow
   eval_every, ckpt_every = _every(t.eval_every, exp.steps_per_epoch), _every(t.checkpoint_every, exp.steps_per_epoch)
   last_good = latest
   results = {}
   bar = tqdm.tqdm(total=exp.total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                   disable=jax.process_index() != 0)
-  sums, n_sum, tick = None, 0, time.perf_counter()
-  for step in range(start, exp.total_steps):
-    state, metrics = exp.train_step(state, next(batches))
-    sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-    n_sum += 1
-    bar.update(1)
-    done = step + 1
-    if done % t.log_every == 0 or done == exp.total_steps:
-      host = {k: float(v) / n_sum for k, v in jax.device_get(sums).items()}
-      if not all(map(math.isfinite, host.values())):
+  preemption = Preemption()
+  sums, n_sum, since, tick = None, 0, start, time.perf_counter()
+  try:
+    for step in range(start, exp.total_steps):
+      state, metrics = exp.train_step(state, next(batches))
+      sums = steps.accumulate(sums, metrics)
+      n_sum += 1
+      bar.update(1)
+      done = step + 1
+      stop = preemption.reached(done)
+      log_now = done % t.log_every == 0 or done == exp.total_steps
+      eval_now = done % eval_every == 0 or done == exp.total_steps
+      save_now = done % ckpt_every == 0 or done == exp.total_steps or stop
+      if not (log_now or eval_now or save_now):
+        continue
+      # Nothing non-finite is logged, evaluated or saved: one host round trip per log, eval or save.
+      host = {k: v.item() for k, v in jax.device_get(sums).items()}
+      skipped, first_bad = host.pop("nonfinite"), host.pop("first_nonfinite")
+      if skipped and not t.skip_nonfinite:
         ckpt.wait()
-        raise TrainingError(f"non-finite training loss by step {done} ({host}); last good checkpoint: "
-                            f"{'none' if last_good is None else f'step {last_good} in {ckpt.directory}'}; "
-                            "lower config.optim.lr or enable config.optim.grad_clip_norm")
-      elapsed = time.perf_counter() - tick
-      host.update(lr=float(exp.schedule(step)), images_per_sec=n_sum * t.batch_size / elapsed,
-                  epoch=done / exp.steps_per_epoch)
-      writer.write(done, host, "train/")
-      bar.set_postfix(loss=f"{host['loss']:.4f}", img_s=f"{host['images_per_sec']:.0f}")
-      sums, n_sum, tick = None, 0, time.perf_counter()
-    evaluated = None
-    if done % eval_every == 0 or done == exp.total_steps:
-      results = exp.evaluate(steps.model_variables(state))
-      evaluated = {k: results[k] for k in ("top1", "top5", "loss")}
-      writer.write(done, evaluated, "eval/")
-      bar.write(f"step {done}: eval top1 {results['top1']:.4f} top5 {results['top5']:.4f} loss {results['loss']:.4f}")
-      tick = time.perf_counter()  # keep eval time out of images/s
-    if done % ckpt_every == 0 or done == exp.total_steps:
-      ckpt.save(done, state, exp.meta, evaluated)
-      last_good = done
-  bar.close()
+        where = f"step {last_good} in {ckpt.directory} (kept; rerunning resumes there)" if last_good is not None \
+            else "none (the run stopped before its first checkpoint)"
+        raise TrainingError(f"non-finite loss at step {first_bad} ({skipped} of steps {since + 1}-{done}); last good "
+                            f"checkpoint: {where}; lower config.optim.lr, set config.optim.grad_clip_norm, or set "
+                            "config.train.skip_nonfinite=True to skip such steps")
+      if log_now:
+        elapsed = time.perf_counter() - tick
+        finite = n_sum - skipped  # skipped steps report zeros: average over the others
+        host = {k: v / finite for k, v in host.items()} if finite else {}
+        host.update(lr=float(exp.schedule(step)), images_per_sec=n_sum * t.batch_size / elapsed,
+                    epoch=done / exp.steps_per_epoch)
+        if skipped:
+          host["skipped_steps"] = skipped
+          log.warning("skipped %d step(s) with a non-finite loss in steps %d-%d, the first at step %d",
+                      skipped, since + 1, done, first_bad)
+        writer.write(done, host, "train/")
+        if "loss" in host:
+          bar.set_postfix(loss=f"{host['loss']:.4f}", img_s=f"{host['images_per_sec']:.0f}")
+        sums, n_sum, since, tick = None, 0, done, time.perf_counter()
+      evaluated = None
+      if eval_now:
+        results = exp.evaluate(steps.model_variables(state))
+        evaluated = _headline(results)
+        line = f"step {done}: eval top1 {results['top1']:.4f} top5 {results['top5']:.4f} loss {results['loss']:.4f}"
+        if exp.ema:  # the EMA weights, evaluated alongside the raw ones
+          results["ema"] = exp.evaluate(steps.model_variables(state, ema=True))
+          evaluated.update({f"ema_{k}": v for k, v in _headline(results["ema"]).items()})
+          line += f"; EMA top1 {results['ema']['top1']:.4f}"
+        writer.write(done, evaluated, "eval/")
+        bar.write(line)
+        tick = time.perf_counter()  # keep eval time out of images/s
+      if save_now:
+        ckpt.save(done, state, exp.meta, evaluated)
+        last_good = done
+      if stop:
+        ckpt.close()
+        raise Preempted(f"SIGTERM: saved the checkpoint of step {done} in {ckpt.directory} and stopped; rerun the "
+                        "same command to resume")
+  finally:  # a clean line for the message of whatever ended the loop
+    bar.close()
+    preemption.close()
+    writer.close()
   ckpt.wait()
   ckpt.close()
-  writer.close()
   if results and jax.process_index() == 0:
     write_results(workdir, config.data.eval_split, exp.total_steps, results)
   return results
 
 
-def write_results(workdir, split, step, results) -> str:
-  path = os.path.join(workdir, f"eval_{split.replace('/', '_').replace(':', '_')}_step{step}.json")
+def write_results(workdir, split, step, results, tag="") -> str:
+  path = os.path.join(workdir, f"eval_{split.replace('/', '_').replace(':', '_')}_step{step}{tag}.json")
   with open(path, "w") as f:
     json.dump({"split": split, "step": step, **results}, f, indent=1)
   return path
@@ -186,7 +284,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: st
   return results, path
 
 
-def restore_for_eval(config, workdir: str, step: int | None = None, devices=None, facts_from_meta=False):
+def restore_for_eval(config, workdir: str, step: int | None = None, devices=None, facts_from_meta=False,
+                     ema=False):
   """(Experiment, its {'params', 'batch_stats'} from the latest or `step` checkpoint, the step).
 
   facts_from_meta: take the classes from the checkpoint's meta, so that predicting needs no dataset
@@ -208,6 +307,6 @@ def restore_for_eval(config, workdir: str, step: int | None = None, devices=None
     meta = ckpt.meta(step)
     facts = (meta["num_classes"], meta.get("class_names") or [], 0) if "num_classes" in meta else None
     exp = Experiment(config, devices, facts)
-  variables = ckpt.restore_variables(step, exp.abstract_with_sharding(variables_only=True), exp.meta)
+  variables = ckpt.restore_variables(step, exp.abstract_with_sharding(variables_only=True), exp.meta, ema)
   return exp, variables, step
 

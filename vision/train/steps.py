@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vision.data import mixing
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -14,22 +16,25 @@ class TrainState:
   batch_stats: Any  # {} for models without BatchNorm
   opt_state: Any
   rng: jax.Array  # raw uint32 key data; per-step keys are fold_in(rng, step)
+  ema: Any = None  # {'params', 'batch_stats'}: the model EMA (config.train.ema_decay > 0), else {}
 
 
-def init_state(model, tx, rng, image_shape) -> TrainState:
+def init_state(model, tx, rng, image_shape, ema=False) -> TrainState:
   params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
   variables = model.init({"params": params_rng, "dropout": dropout_rng}, jnp.zeros(image_shape, jnp.float32),
                          train=False)
   params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params), rng=jax.random.key_data(state_rng))
+  batch_stats = variables.get("batch_stats", {})
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), rng=jax.random.key_data(state_rng),
+                    ema={"params": jax.tree.map(jnp.copy, params), "batch_stats": jax.tree.map(jnp.copy, batch_stats)}
+                    if ema else {})
 
 
 def cross_entropy(logits, labels, num_classes, label_smoothing=0.0):
   """Per-example softmax cross-entropy with label smoothing (Szegedy et al. 2016), float32."""
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) if label_smoothing \
-      else jax.nn.one_hot(labels, num_classes)
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32),
+                                     mixing.smooth_one_hot(labels, num_classes, label_smoothing))
 
 
 def _aux_logits(intermediates):
@@ -38,17 +43,48 @@ def _aux_logits(intermediates):
   return [v for path, vals in flat.items() if path[-1] == "aux_logits" for v in vals]
 
 
-def make_train_step(model, tx, num_classes, label_smoothing=0.0, grad_accum_steps=1, aux_loss_weight=0.3,
-                    batch_sharding=None):
-  """Builds the pure step. BatchNorm statistics are over the global batch (XLA all-reduces them)."""
+NO_STEP = 2**31 - 1  # 'first_nonfinite' of a finite step: metrics of many steps combine by minimum
 
-  def loss_fn(params, batch_stats, images, labels, rng):
+
+def accumulate(sums, metrics):
+  """Adds one step's metrics to the running sums ('first_nonfinite' by minimum)."""
+  if sums is None:
+    return metrics
+  return {k: (jnp.minimum if k == "first_nonfinite" else jnp.add)(sums[k], v) for k, v in metrics.items()}
+
+
+def ema_update(state, ema_decay, ema_every=1, ema_warmup_steps=0):
+  """The EMA after this step: params (and BatchNorm statistics) averaged every ema_every steps, a copy of them
+  before ema_warmup_steps (torchvision's reset during the lr warmup)."""
+  done = state.step + 1
+  decay = jnp.where(done <= ema_warmup_steps, 0.0, ema_decay)
+  update = (done % ema_every == 0) | (done <= ema_warmup_steps)
+  current = {"params": state.params, "batch_stats": state.batch_stats}
+  return jax.tree.map(lambda e, p: jnp.where(update, decay * e + (1.0 - decay) * p, e).astype(e.dtype),
+                      state.ema, current)
+
+
+def make_train_step(model, tx, num_classes, label_smoothing=0.0, grad_accum_steps=1, aux_loss_weight=0.3,
+                    batch_sharding=None, skip_nonfinite=False, mix=None, ema=None, frozen_stats=None):
+  """Builds the pure step. BatchNorm statistics are over the global batch (XLA all-reduces them).
+
+  mix: kwargs of mixing.mix (mixup_alpha, cutmix_alpha, switch_prob, prob) for on-device Mixup/CutMix of the
+  whole (global) batch before any micro-batching; targets are then soft (label smoothing included).
+  ema: kwargs of ema_update (ema_decay, ema_every, ema_warmup_steps) when state.ema is kept.
+  frozen_stats: a tree of bools like batch_stats; True entries keep their value (frozen layers).
+
+  Metrics 'nonfinite' (1 when the loss or a gradient is not finite) and 'first_nonfinite' (that step's number,
+  else NO_STEP) let the loop find a bad step without a host round trip per step. With skip_nonfinite such a
+  step keeps the old params, optimizer state and statistics (only the step, hence the data, moves on).
+  """
+
+  def loss_fn(params, batch_stats, images, targets, labels, rng):
     variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
     logits, mutated = model.apply(variables, images, train=True, rngs={"dropout": rng},
                                   mutable=["batch_stats", "intermediates"])
-    loss = jnp.mean(cross_entropy(logits, labels, num_classes, label_smoothing))
+    loss = jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
     for aux in _aux_logits(mutated.get("intermediates")):
-      loss += aux_loss_weight * jnp.mean(cross_entropy(aux, labels, num_classes, label_smoothing))
+      loss += aux_loss_weight * jnp.mean(optax.softmax_cross_entropy(aux.astype(jnp.float32), targets))
     correct = jnp.sum(jnp.argmax(logits, -1) == labels)
     return loss, (correct, mutated.get("batch_stats", batch_stats))
 
@@ -57,8 +93,13 @@ def make_train_step(model, tx, num_classes, label_smoothing=0.0, grad_accum_step
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     images, labels = batch["image"], batch["label"]
+    if mix:
+      images, targets = mixing.mix(jax.random.fold_in(rng, 2**20), images, labels, num_classes,
+                                   label_smoothing=label_smoothing, **mix)
+    else:
+      targets = mixing.smooth_one_hot(labels, num_classes, label_smoothing)
     if grad_accum_steps == 1:
-      (loss, (correct, batch_stats)), grads = grad_fn(state.params, state.batch_stats, images, labels, rng)
+      (loss, (correct, batch_stats)), grads = grad_fn(state.params, state.batch_stats, images, targets, labels, rng)
     else:
       # Row r = m * accum + a: micro-batch a keeps the batch's split over devices.
       def micro(x):
@@ -68,27 +109,45 @@ def make_train_step(model, tx, num_classes, label_smoothing=0.0, grad_accum_step
 
       def body(carry, xs):
         grads_sum, loss_sum, correct_sum, stats = carry
-        i, im, lb = xs
-        (l, (c, stats)), g = grad_fn(state.params, stats, im, lb, jax.random.fold_in(rng, i))
+        i, im, tg, lb = xs
+        (l, (c, stats)), g = grad_fn(state.params, stats, im, tg, lb, jax.random.fold_in(rng, i))
         return (jax.tree.map(jnp.add, grads_sum, g), loss_sum + l, correct_sum + c, stats), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), state.batch_stats)
       (grads, loss, correct, batch_stats), _ = jax.lax.scan(
-          body, init, (jnp.arange(grad_accum_steps), micro(images), micro(labels)))
+          body, init, (jnp.arange(grad_accum_steps), micro(images), micro(targets), micro(labels)))
       grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
       loss = loss / grad_accum_steps
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if frozen_stats is not None:
+      batch_stats = jax.tree.map(lambda f, new, old: old if f else new, frozen_stats, batch_stats, state.batch_stats)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # any inf/nan gradient makes the norm non-finite
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
-    metrics = {"loss": loss, "top1": correct / labels.shape[0], "grad_norm": optax.global_norm(grads)}
+    if ema:
+      new_state = new_state.replace(ema=ema_update(new_state.replace(step=state.step), **ema))
+    metrics = {"loss": loss, "top1": correct / labels.shape[0], "grad_norm": grad_norm}
+    if skip_nonfinite:
+      keep = lambda new, old: jnp.where(finite, new, old)
+      new_state = new_state.replace(params=jax.tree.map(keep, params, state.params),
+                                    batch_stats=jax.tree.map(keep, batch_stats, state.batch_stats),
+                                    opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+                                    ema=jax.tree.map(keep, new_state.ema, state.ema))
+      metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}  # averaged over the finite steps
+    metrics["nonfinite"] = 1 - finite.astype(jnp.int32)
+    metrics["first_nonfinite"] = jnp.where(finite, NO_STEP, state.step + 1)
     return new_state, metrics
 
   return train_step
 
 
-def model_variables(state: TrainState) -> dict:
-  """The part of the state a forward pass needs (what eval restores, and what a converted checkpoint holds)."""
+def model_variables(state: TrainState, ema=False) -> dict:
+  """The part of the state a forward pass needs (what eval restores, and what a converted checkpoint holds);
+  with ema, the EMA's."""
+  if ema:
+    return {"params": state.ema["params"], "batch_stats": state.ema["batch_stats"]}
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 

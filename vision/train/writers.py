@@ -87,7 +87,9 @@ class MetricWriter:
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    _drop_partial_line(path)
+    self.jsonl = open(path, "a")
     self.tb = EventFile(os.path.join(workdir, "tb"))
 
   def write(self, step: int, metrics: dict, prefix: str = ""):
@@ -104,9 +106,22 @@ class MetricWriter:
       self.tb.close()
 
 
+def _drop_partial_line(path):
+  """A run killed mid-write leaves half a line; cut it so that the resumed run's lines stay whole."""
+  if not os.path.exists(path) or not os.path.getsize(path):
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    if not data.endswith(b"\n"):
+      f.truncate(data.rfind(b"\n") + 1)
+
+
 def read_metrics(workdir) -> list[dict]:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  if lines and not lines[-1].endswith("\n"):
+    lines.pop()  # being written, or cut short by a kill
+  return [json.loads(line) for line in lines]
