@@ -193,12 +193,16 @@ def test_recipe_run_logs_ema_and_calibration_and_new_head(tmp_path, data_dir):
   # Fine-tune from it with a fresh classifier although the number of classes is the same.
   c2 = lenet_digits.get_config()
   c2.data.data_dir = data_dir
-  c2.train.update(num_steps=1, init_from=first, init_new_head=True)
+  c2.train.update(num_steps=1, init_from=first, init_new_head=True, ema_decay=0.9)
   from vision.train.loop import Experiment
   exp2 = Experiment(c2)
   state = exp2.init_state()
   np.testing.assert_array_equal(state.params["f6"]["kernel"], raw_vars["params"]["f6"]["kernel"])
   assert not np.array_equal(state.params["output"]["kernel"], raw_vars["params"]["output"]["kernel"])
+  np.testing.assert_array_equal(state.ema["params"]["f6"]["kernel"], raw_vars["params"]["f6"]["kernel"])
+  batch = {"image": np.zeros((64, 32, 32, 1), np.float32), "label": np.zeros(64, np.int32)}
+  state, metrics = exp2.train_step(state, batch)  # the EMA has buffers of its own: donation works
+  assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
 
 
 def test_published_recipe_configs_say_what_torchvision_trains():

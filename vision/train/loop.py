@@ -105,8 +105,8 @@ class Experiment:
       raise UserError(f"no parameter of {source_workdir} (step {step}) fits {self.config.model.name}; "
                       "init_from needs a checkpoint of the same architecture")
     log.info("init_from %s step %d: kept fresh %s", source_workdir, step, fresh + fresh_stats or "nothing")
-    state = state.replace(params=params, batch_stats=batch_stats, opt_state=self.tx.init(params),
-                          ema={"params": params, "batch_stats": batch_stats} if self.ema else {})
+    ema = jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats}) if self.ema else {}  # own buffers
+    state = state.replace(params=params, batch_stats=batch_stats, opt_state=self.tx.init(params), ema=ema)
     return jax.device_put(state, self.state_sharding)
 
   def eval_batches(self, split):
