@@ -72,6 +72,7 @@ def test_frozen_params_and_statistics_stay_bit_identical_through_training_steps(
   o.name, o.lr, o.weight_decay = "sgd", 0.1, 1e-2  # decay would move frozen weights too, if it reached them
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False))
   freeze = r"^(conv1|bn1|layer1_)"
+  o.layer_decay = 0.5  # with freezing: the multipliers apply to the trained leaves, the frozen stay at 0
   tx = optim.make_optimizer(o, o.lr, abstract["params"], None, freeze)
   state = steps.init_state(model, tx, jax.random.key(0), (1, 16, 16, 3))
   step = jax.jit(steps.make_train_step(model, tx, 10, frozen_stats=optim.frozen_mask(abstract["batch_stats"], freeze)))

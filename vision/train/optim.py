@@ -99,13 +99,14 @@ def make_optimizer(o, schedule, params=None, head=None, freeze: str = "") -> opt
   tx = _base_optimizer(o, schedule)
   if params is None:
     return tx
-  multipliers = lr_multipliers(params, o, head if o.backbone_lr_mult != 1.0 else None)
-  if any(m != 1.0 for m in jax.tree.leaves(multipliers)):
-    tx = optax.chain(tx, scale_per_leaf(multipliers))
   frozen = frozen_mask(params, freeze)
   if any(jax.tree.leaves(frozen)):
     labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  # Outside multi_transform, whose inner transforms see the frozen leaves masked out of the tree.
+  multipliers = lr_multipliers(params, o, head if o.backbone_lr_mult != 1.0 else None)
+  if any(m != 1.0 for m in jax.tree.leaves(multipliers)):
+    tx = optax.chain(tx, scale_per_leaf(multipliers))
   return tx
 
 
