@@ -16,8 +16,6 @@ and of the evaluated split with the evaluation transform, and reports
 
 The DINOv2 evaluation (vision/ssl/loop.py) shares knn.py and linear_probe.py.
 """
-import json
-import os
 
 import jax
 import numpy as np
@@ -94,12 +92,9 @@ def probe_checkpoint(config, workdir: str, step=None, split=None, shots=(1, 5, 1
                                                  s.probe_val_fraction, config.seed)}
   if shots:
     results["few_shot"] = few_shot(train_k, train_y, eval_k, eval_y, exp.num_classes, shots)
-  path = ""
-  if jax.process_index() == 0:
-    tag = "_ema" if ema else ""
-    path = os.path.join(workdir, f"probe_{split.replace('/', '_').replace(':', '_')}_step{step}{tag}.json")
-    with open(path, "w") as f:
-      json.dump(results, f, indent=1)
+  from vision.train.loop import write_results
+  path = write_results(workdir, split, step, results, "_ema" if ema else "", "probe") if jax.process_index() == 0 \
+      else ""
   return results, path
 
 

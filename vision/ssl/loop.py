@@ -7,7 +7,6 @@ TensorBoard metrics. Restarting the same command resumes. A non-finite loss
 stops the run naming the first bad step and the last good checkpoint; no
 checkpoint is written after it.
 """
-import json
 import logging
 import math
 import os
@@ -207,23 +206,11 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: st
                         probe=True) -> tuple[dict, str]:
   """kNN and linear-probe accuracy of the frozen teacher of a checkpoint; writes eval_ssl_<split>_step<N>.json."""
   exp = SSLExperiment(config, devices)
-  directory = os.path.join(workdir, "checkpoints")
-  ckpt = ckpt_lib.Checkpointer(workdir, read_only=True, best_metric="") if os.path.isdir(directory) else None
-  steps_there = ckpt.all_steps() if ckpt else []
-  if not steps_there:
-    raise UserError(f"no checkpoints in {workdir} (expected {directory}); train there first or fix --workdir")
-  if step is None:
-    step = max(steps_there)
-  elif step not in steps_there:
-    raise UserError(f"no checkpoint for step {step} in {directory}; available steps: {sorted(steps_there)}")
+  ckpt, step = ckpt_lib.open_for_eval(workdir, step)
   teacher = ckpt.restore_variables(step, exp.abstract_with_sharding(teacher_only=True), exp.meta)["teacher"]
   results = exp.evaluate(teacher["backbone"], split, probe)
-  results["step"] = step
-  path = ""
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, f"eval_ssl_{results['split'].replace('/', '_').replace(':', '_')}_step{step}.json")
-    with open(path, "w") as f:
-      json.dump(results, f, indent=1)
+  from vision.train.loop import write_results
+  path = write_results(workdir, results["split"], step, results, prefix="eval_ssl") if jax.process_index() == 0 else ""
   return results, path
 
 

@@ -232,6 +232,22 @@ def _write_error(error) -> str:
   return ""
 
 
+def open_for_eval(workdir: str, step: int | None = None):
+  """(read-only Checkpointer of workdir, the latest step or `step`), or a UserError saying what is missing."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise UserError(f"no checkpoints in {workdir} (expected {directory}); train there first or fix --workdir")
+  ckpt = Checkpointer(workdir, read_only=True, best_metric="")
+  steps_there = ckpt.all_steps()
+  if not steps_there:
+    raise UserError(f"no complete checkpoint in {directory}; train there first or fix --workdir")
+  if step is None:
+    step = max(steps_there)
+  elif step not in steps_there:
+    raise UserError(f"no checkpoint for step {step} in {directory}; available steps: {sorted(steps_there)}")
+  return ckpt, step
+
+
 def path_str(path) -> str:
   """A jax key path as 'params/conv1/kernel' (dict keys, dataclass fields, sequence indices alike)."""
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)

@@ -267,8 +267,9 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   return results
 
 
-def write_results(workdir, split, step, results, tag="") -> str:
-  path = os.path.join(workdir, f"eval_{split.replace('/', '_').replace(':', '_')}_step{step}{tag}.json")
+def write_results(workdir, split, step, results, tag="", prefix="eval") -> str:
+  """<workdir>/<prefix>_<split>_step<step><tag>.json with the split and step added."""
+  path = os.path.join(workdir, f"{prefix}_{split.replace('/', '_').replace(':', '_')}_step{step}{tag}.json")
   with open(path, "w") as f:
     json.dump({"split": split, "step": step, **results}, f, indent=1)
   return path
@@ -292,17 +293,7 @@ def restore_for_eval(config, workdir: str, step: int | None = None, devices=None
   (a converted checkpoint's meta has no class names: they are then []).
   """
   exp = None if facts_from_meta else Experiment(config, devices)  # config errors first, as before
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise UserError(f"no checkpoints in {workdir} (expected {directory}); train there first or fix --workdir")
-  ckpt = ckpt_lib.Checkpointer(workdir, read_only=True, best_metric="")
-  steps_there = ckpt.all_steps()
-  if not steps_there:
-    raise UserError(f"no complete checkpoint in {directory}; train there first or fix --workdir")
-  if step is None:
-    step = max(steps_there)
-  elif step not in steps_there:
-    raise UserError(f"no checkpoint for step {step} in {directory}; available steps: {sorted(steps_there)}")
+  ckpt, step = ckpt_lib.open_for_eval(workdir, step)
   if exp is None:
     meta = ckpt.meta(step)
     facts = (meta["num_classes"], meta.get("class_names") or [], 0) if "num_classes" in meta else None
