@@ -117,6 +117,7 @@ def test_train_stream_with_augmentation_is_deterministic_and_resumable(data_dir)
   d.augment, d.channels, d.mean, d.std = "randaugment(n=2,m=9,mstd=0.5)+erasing(p=0.5)", 3, (0.5,) * 3, (0.5,) * 3
   first = pipeline.train_batches(d, 16, seed=1)
   batches = [next(first) for _ in range(3)]
+  assert batches[0]["image"].dtype == np.float32  # erasing works on normalised values: normalised on the host
   again = pipeline.train_batches(d, 16, seed=1, start_step=2)
   np.testing.assert_array_equal(next(again)["image"], batches[2]["image"])
   d.augment = ""
@@ -130,6 +131,7 @@ def test_repeated_augmentation_repeats_each_image_differently(data_dir):
   d.augment, d.repeated_augment, d.channels = "trivialaugment", 3, 3
   d.mean, d.std = (0.5,) * 3, (0.5,) * 3
   batch = next(pipeline.train_batches(d, 30, seed=0))
+  assert batch["image"].dtype == np.uint8  # no op after normalisation: uint8 batches (data.uint8_batches)
   labels = batch["label"].reshape(10, 3)
   assert np.all(labels == labels[:, :1])  # three copies in a row
   images = batch["image"].reshape(10, 3, -1)

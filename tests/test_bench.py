@@ -40,3 +40,4 @@ def test_input_benchmark_our_side_on_its_own_jpegs(tmp_path):
   pixels = np.asarray(Image.open(os.path.join(root, "train", "class000", "000000.jpg")))
   assert pixels.shape == (48, 64, 3) and pixels.std() > 10  # photo-like, not blank
   assert bench_input.ours(root, images=16, batch=4, size=32) > 0
+  assert bench_input.ours(root, images=8, batch=4, size=32, uint8=False) > 0

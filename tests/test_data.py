@@ -39,9 +39,9 @@ def test_train_stream_resumes_exactly_and_is_deterministic(data_dir):
   d = digits_data(data_dir)
   run = pipeline.train_batches(d, 64, seed=3)
   batches = [next(run) for _ in range(30)]  # crosses an epoch boundary (1437 / 64 = 22.5)
-  assert batches[0]["image"].shape == (64, 32, 32, 1) and batches[0]["image"].dtype == np.float32
+  assert batches[0]["image"].shape == (64, 32, 32, 1) and batches[0]["image"].dtype == np.uint8  # uint8_batches
   assert batches[0]["label"].dtype == np.int32
-  assert -1.0 <= batches[0]["image"].min() and batches[0]["image"].max() <= 1.0
+  assert batches[0]["image"].max() == 255  # the digits' ink
   again = pipeline.train_batches(d, 64, seed=3, start_step=0)
   np.testing.assert_array_equal(next(again)["image"], batches[0]["image"])
   for start in (7, 22, 25):
@@ -163,3 +163,27 @@ def test_cached_decoding_gives_the_same_stream(data_dir, tmp_path):
   plain = next(pipeline.train_batches(f, 8, seed=0))
   f.cache = True
   np.testing.assert_allclose(next(pipeline.train_batches(f, 8, seed=0))["image"], plain["image"], atol=1e-6)
+
+
+@pytest.mark.parametrize("crop", ["inception", "pad_random"])
+def test_uint8_batches_normalised_on_the_device_equal_the_float_batches(tmp_path, crop):
+  """data.uint8_batches: the same crops and flips, normalised by the train step instead of the host."""
+  from vision.train.steps import normalize_images
+  root = str(tmp_path / "imgs")
+  _write_folder(root, "train", {"a": 6, "b": 6}, size=(40, 30), ext=".jpg")
+  d = default_config().data
+  d.name, d.image_size, d.train_crop, d.flip = f"imagefolder:{root}", 24, crop, True
+  d.mean, d.std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+  d.uint8_batches = False
+  floats = [next(pipeline.train_batches(d, 8, seed=s)) for s in range(3)]
+  d.uint8_batches = True
+  bytes_ = [next(pipeline.train_batches(d, 8, seed=s)) for s in range(3)]
+  for f, b in zip(floats, bytes_):
+    assert f["image"].dtype == np.float32 and b["image"].dtype == np.uint8
+    np.testing.assert_array_equal(f["label"], b["label"])
+    on_device = np.asarray(normalize_images(b["image"], d.mean, d.std))
+    # The uint8 side is rounded to whole levels (as PIL stores a resized image): half a level apart at most.
+    np.testing.assert_allclose(on_device, f["image"], rtol=0, atol=0.5 / 255 / min(d.std) + 1e-5)
+  assert normalize_images(floats[0]["image"], d.mean, d.std) is floats[0]["image"]  # floats pass through
+  with pytest.raises(ValueError, match="need the mean and std"):
+    normalize_images(bytes_[0]["image"], None, None)

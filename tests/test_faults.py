@@ -150,7 +150,7 @@ def nan_at_step(monkeypatch):
     def batches(d, local_batch, seed, start_step=0, *args):
       for step, batch in enumerate(real(d, local_batch, seed, start_step, *args), start_step + 1):
         if step == n:
-          batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+          batch = dict(batch, image=np.full(batch["image"].shape, np.nan, np.float32))  # uint8 holds no NaN
         yield batch
     monkeypatch.setattr(pipeline, "train_batches", batches)
   return install

@@ -182,3 +182,19 @@ def test_gradient_clipping_bounds_the_update():
 
 def optax_global_norm(tree):
   return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree)))
+
+
+def test_uint8_batch_is_normalised_inside_the_step():
+  """A uint8 batch (config.data.uint8_batches) trains exactly as the same batch normalised on the host."""
+  model = create_model("lenet5", num_classes=10)
+  tx = optim.make_optimizer(default_config().optim, 0.1)
+  state = steps.init_state(model, tx, jax.random.key(0), (1, 32, 32, 1))
+  pixels = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 1), dtype=np.uint8)
+  labels = np.arange(8, dtype=np.int32)
+  mean, std = (0.45,), (0.3,)
+  on_host = ((pixels / 255.0 - mean[0]) / std[0]).astype(np.float32)
+  step = jax.jit(steps.make_train_step(model, tx, 10, normalize=(mean, std)))
+  a, ma = step(state, {"image": pixels, "label": labels})
+  b, mb = step(state, {"image": on_host, "label": labels})
+  np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
+  chex.assert_trees_all_close(a.params, b.params, rtol=1e-5, atol=1e-6)

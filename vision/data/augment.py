@@ -342,6 +342,11 @@ def parse(spec: str) -> list[tuple[str, dict]]:
   return out
 
 
+def needs_normalised(spec: str) -> bool:
+  """Whether `spec` has an op that works on normalised values (so images must be normalised on the host)."""
+  return any(name in AFTER_NORMALISE for name, _ in parse(spec))
+
+
 def apply(image, seed, spec, image_size, after_normalise=False):
   """The ops of `spec` that act before (default) or after normalisation, on one image."""
   ops = [(n, kw) for n, kw in parse(spec) if (n in AFTER_NORMALISE) == after_normalise]

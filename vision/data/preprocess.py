@@ -30,8 +30,14 @@ def _crop_window_decode(image_bytes, channels, window):
 
 
 def resize(image, size, method="bilinear"):
-  image = tf.image.resize(tf.cast(image, tf.float32), (size, size), method=method, antialias=True)
+  """Antialiased resize of a uint8 or float image -> float32 in [0, 255] (PIL's filters, as torchvision's)."""
+  image = tf.image.resize(image, (size, size), method=method, antialias=True)  # uint8 in: no float copy first
   return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def to_uint8(image):
+  """[0, 255]-range float -> uint8, rounded (as PIL stores a resized image)."""
+  return tf.saturate_cast(tf.round(image), tf.uint8)
 
 
 def inception_crop(image_bytes, size, seed, channels, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -79,7 +85,7 @@ def train_decode(image_bytes, d):
   image = decode(image_bytes, d.channels)
   if d.train_crop == "inception":
     return image
-  return tf.cast(tf.round(resize(image, d.image_size)), tf.uint8)
+  return to_uint8(resize(image, d.image_size))
 
 
 def _inception_crop_decoded(image, size, seed, scale, ratio):
@@ -89,31 +95,49 @@ def _inception_crop_decoded(image, size, seed, scale, ratio):
   return resize(tf.slice(image, begin, crop_size), size)
 
 
+def uint8_batches(d) -> bool:
+  """Whether train images leave the host as uint8, to be normalised on the device (steps.normalize_images).
+
+  config.data.uint8_batches, unless data.augment has an op that works on normalised values.
+  """
+  from vision.data import augment
+  return bool(d.get("uint8_batches", False)) and not augment.needs_normalised(d.augment)
+
+
 def train_image(image, seed, d, decoded=False):
   """The training transform chosen by the data config `d` (see vision/train/config.py).
 
-  `image` is encoded bytes, or (decoded=True) the uint8 output of train_decode.
+  `image` is encoded bytes, or (decoded=True) the uint8 output of train_decode. Returns uint8 [0, 255] values
+  when uint8_batches(d), else float32 normalised with d.mean and d.std.
   """
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  as_uint8 = uint8_batches(d)
   if d.train_crop == "inception":
     if decoded:
       image = _inception_crop_decoded(image, d.image_size, crop_seed, d.crop_scale, d.crop_ratio)
     else:
       image = inception_crop(image, d.image_size, crop_seed, d.channels, d.crop_scale, d.crop_ratio)
+    if as_uint8 and not d.augment:
+      image = to_uint8(image)  # flip a quarter of the bytes
   else:
-    image = tf.cast(image if decoded else train_decode(image, d), tf.float32)
+    image = image if decoded else train_decode(image, d)
+    if not as_uint8:
+      image = tf.cast(image, tf.float32)
     if d.train_crop == "pad_random":
       image = pad_random_crop(image, d.image_size, d.pad, crop_seed)
   if d.flip:
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   image = tf.ensure_shape(image, (d.image_size, d.image_size, d.channels))
-  if not d.augment:
-    return normalize(image, d.mean, d.std)
-  from vision.data import augment
-  # Seeds of their own, so the crop and flip draws stay what they are without augmentation.
-  fold = lambda k: tf.random.experimental.stateless_fold_in(seed, k)
-  image = normalize(augment.apply(image, fold(1), d.augment, d.image_size), d.mean, d.std)
-  return augment.apply(image, fold(2), d.augment, d.image_size, after_normalise=True)
+  if d.augment:
+    from vision.data import augment
+    # Seeds of their own, so the crop and flip draws stay what they are without augmentation.
+    fold = lambda k: tf.random.experimental.stateless_fold_in(seed, k)
+    image = augment.apply(tf.cast(image, tf.float32), fold(1), d.augment, d.image_size)
+    if as_uint8:
+      return to_uint8(image)
+    image = normalize(image, d.mean, d.std)
+    return augment.apply(image, fold(2), d.augment, d.image_size, after_normalise=True)
+  return image if as_uint8 else normalize(image, d.mean, d.std)
 
 
 def eval_size(d) -> int:

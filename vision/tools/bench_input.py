@@ -3,17 +3,26 @@
     python -m vision.tools.bench_input --images 2000 --batch 64 --size 224
 
 Both sides do the same work per image: read the JPEG, random-resized crop
-(scale 0.08-1, ratio 3/4-4/3) to size x size, horizontal flip, normalise with
-the ImageNet statistics, batch (torchvision: ImageFolder + RandomResizedCrop +
-RandomHorizontalFlip + ToTensor + Normalize in a DataLoader with one worker
-per core; ours: vision.data.pipeline.train_batches on
-`imagefolder:` with config.data's defaults, which decodes only the crop window
-of a JPEG). The tool writes its own JPEGs (photo-like: smooth colour fields plus
-noise, ImageNet's typical 500x375, quality 90) unless --dir points at a folder
-of class folders. Reported: images/s of each after one warm-up batch, and the
-ratio. Each side runs in a process of its own (same cores, no thread pools
-left over from the other, and torch never meets TensorFlow in one process).
-torch is imported only by this tool.
+(scale 0.08-1, ratio 3/4-4/3) to size x size with the antialiased bilinear
+filter, horizontal flip, batch. Four pipelines, each in a process of its own
+(same cores, no thread pools left over, torch never meets TensorFlow):
+
+- ours: vision.data.pipeline.train_batches on `imagefolder:` with config.data's
+  defaults: decodes only the crop window of a JPEG, and ships uint8 batches
+  that the jitted train step normalises on the device (data.uint8_batches).
+- ours_float: the same with data.uint8_batches=False: float32 batches
+  normalised on the host.
+- torchvision: ImageFolder + RandomResizedCrop + RandomHorizontalFlip +
+  ToTensor + Normalize in a DataLoader with one worker per core: float32
+  batches normalised on the host, as torchvision's reference recipe does.
+- torchvision_uint8: the same with PILToTensor instead of ToTensor +
+  Normalize: uint8 batches, the peer of ours.
+
+The tool writes its own JPEGs (photo-like: smooth colour fields plus noise,
+ImageNet's typical 500x375, quality 90) unless --dir points at a folder of
+class folders. Reported: images/s of each after one warm-up batch (with --repeats, the
+median of that many runs, the sides taking turns), and ours over each
+torchvision side. torch is imported only by this tool.
 """
 import argparse
 import json
@@ -50,19 +59,21 @@ def _timed(batches, images, batch):
   return n / (time.perf_counter() - start)
 
 
-def ours(root, images, batch, size):
+def ours(root, images, batch, size, uint8=True):
   from vision.data import pipeline
   from vision.train.config import default_config
   d = default_config().data
   d.name, d.image_size, d.train_crop, d.flip, d.shuffle_buffer = f"imagefolder:{root}", size, "inception", True, 1000
+  d.uint8_batches = uint8
   return _timed(pipeline.train_batches(d, batch, seed=0), images, batch)
 
 
-def torchvision_loader(root, images, batch, size, workers):
+def torchvision_loader(root, images, batch, size, workers, uint8=False):
   import torch
   from torchvision import datasets, transforms
-  t = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-                          transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+  tail = [transforms.PILToTensor()] if uint8 else [
+      transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+  t = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()] + tail)
   loader = torch.utils.data.DataLoader(datasets.ImageFolder(os.path.join(root, "train"), t), batch_size=batch,
                                        shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
 
@@ -70,6 +81,12 @@ def torchvision_loader(root, images, batch, size, workers):
     while True:
       yield from loader
   return _timed(forever(), images, batch)
+
+
+SIDES = {"ours": lambda a: ours(a.dir, a.images, a.batch, a.size),
+         "ours_float": lambda a: ours(a.dir, a.images, a.batch, a.size, uint8=False),
+         "torchvision": lambda a: torchvision_loader(a.dir, a.images, a.batch, a.size, a.workers),
+         "torchvision_uint8": lambda a: torchvision_loader(a.dir, a.images, a.batch, a.size, a.workers, uint8=True)}
 
 
 def _side(name, root, args):
@@ -90,31 +107,48 @@ def main(argv=None):
   p.add_argument("--dir", help="a folder with train/<class>/*.jpg (default: write --files JPEGs to a temp dir)")
   p.add_argument("--files", type=int, default=1000, help="JPEGs to write when --dir is not given")
   p.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers (default: one per core)")
+  p.add_argument("--repeats", type=int, default=1,
+                 help="measure each side this many times, the sides taking turns; report the median")
   p.add_argument("--json", action="store_true")
-  p.add_argument("--side", choices=("ours", "torchvision"), help=argparse.SUPPRESS)  # one side, in this process
+  p.add_argument("--sides", default=",".join(SIDES), help=f"which of {', '.join(SIDES)} to run (comma-separated)")
+  p.add_argument("--side", choices=tuple(SIDES), help=argparse.SUPPRESS)  # one side, in this process
   args = p.parse_args(argv)
-  if args.side == "ours":
-    print(ours(args.dir, args.images, args.batch, args.size))
+  if args.side:
+    print(SIDES[args.side](args))
     return True
-  if args.side == "torchvision":
-    print(torchvision_loader(args.dir, args.images, args.batch, args.size, args.workers))
-    return True
+  sides = [x.strip() for x in args.sides.split(",") if x.strip()]
+  unknown = [x for x in sides if x not in SIDES]
+  if unknown:
+    p.error(f"unknown --sides {unknown}; choose from {', '.join(SIDES)}")
   tmp = None
   root = args.dir
   if root is None:
     tmp = tempfile.TemporaryDirectory()
     root = write_jpegs(tmp.name, args.files)
-  row = {"images": args.images, "batch": args.batch, "size": args.size, "cores": os.cpu_count()}
-  row["ours_images_per_sec"] = _side("ours", root, args)
-  row["torchvision_images_per_sec"] = _side("torchvision", root, args)
-  row["ratio"] = row["ours_images_per_sec"] / row["torchvision_images_per_sec"]
+  row = {"images": args.images, "batch": args.batch, "size": args.size, "cores": os.cpu_count(),
+         "workers": args.workers}
+  runs = {name: [] for name in sides}
+  for _ in range(max(1, args.repeats)):  # in turns, so a slow spell of the machine hits every side alike
+    for name in sides:
+      runs[name].append(_side(name, root, args))
+  for name in sides:
+    row[f"{name}_images_per_sec"] = float(np.median(runs[name]))
+    row[f"{name}_runs"] = runs[name]
+  for peer in ("torchvision", "torchvision_uint8"):
+    for mine in ("ours", "ours_float"):
+      if f"{mine}_images_per_sec" in row and f"{peer}_images_per_sec" in row:
+        row[f"{mine}_over_{peer}"] = row[f"{mine}_images_per_sec"] / row[f"{peer}_images_per_sec"]
   if tmp is not None:
     tmp.cleanup()
   if args.json:
     print(json.dumps(row))
   else:
-    print(f"ours (tf.data): {row['ours_images_per_sec']:,.1f} images/s; torchvision DataLoader ({args.workers} "
-          f"workers): {row['torchvision_images_per_sec']:,.1f} images/s; ratio {row['ratio']:.2f}")
+    for name in sides:
+      each = ", ".join(f"{v:,.1f}" for v in runs[name])
+      print(f"{name:18s} {row[f'{name}_images_per_sec']:8,.1f} images/s" + (f" (median of {each})" if len(runs[name]) > 1 else ""))
+    for key, value in row.items():
+      if "_over_" in key:
+        print(f"{key:34s} {value:.2f}")
   return row
 
 

@@ -66,7 +66,8 @@ class Experiment:
     frozen_stats = optim.frozen_mask(variables.get("batch_stats", {}), t.freeze) if t.freeze else None
     train_step = steps.make_train_step(self.model, self.tx, self.num_classes, t.label_smoothing,
                                        t.grad_accum_steps, config.model.aux_loss_weight, self.batch_sharding,
-                                       t.skip_nonfinite, mix, ema, frozen_stats)
+                                       t.skip_nonfinite, mix, ema, frozen_stats,
+                                       normalize=(config.data.mean, config.data.std))
     self.train_step = jax.jit(train_step, in_shardings=(self.state_sharding, self.batch_sharding),
                               out_shardings=(self.state_sharding, None), donate_argnums=0)
     self.variables_sharding = steps.model_variables(self.state_sharding)

@@ -43,6 +43,19 @@ def _aux_logits(intermediates):
   return [v for path, vals in flat.items() if path[-1] == "aux_logits" for v in vals]
 
 
+def normalize_images(images, mean, std):
+  """uint8 [0, 255] images (config.data.uint8_batches) -> float32 (x / 255 - mean) / std; float images as they are.
+
+  XLA fuses this into the first layer's input, on the device; the host only crops, flips and batches bytes.
+  """
+  if images.dtype != jnp.uint8:
+    return images
+  if mean is None:
+    raise ValueError("uint8 images need the mean and std to normalise them (make_train_step(normalize=...))")
+  mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+  return images.astype(jnp.float32) * (1.0 / (255.0 * std)) - mean / std
+
+
 NO_STEP = 2**31 - 1  # 'first_nonfinite' of a finite step: metrics of many steps combine by minimum
 
 
@@ -65,13 +78,15 @@ def ema_update(state, ema_decay, ema_every=1, ema_warmup_steps=0):
 
 
 def make_train_step(model, tx, num_classes, label_smoothing=0.0, grad_accum_steps=1, aux_loss_weight=0.3,
-                    batch_sharding=None, skip_nonfinite=False, mix=None, ema=None, frozen_stats=None):
+                    batch_sharding=None, skip_nonfinite=False, mix=None, ema=None, frozen_stats=None,
+                    normalize=None):
   """Builds the pure step. BatchNorm statistics are over the global batch (XLA all-reduces them).
 
   mix: kwargs of mixing.mix (mixup_alpha, cutmix_alpha, switch_prob, prob) for on-device Mixup/CutMix of the
   whole (global) batch before any micro-batching; targets are then soft (label smoothing included).
   ema: kwargs of ema_update (ema_decay, ema_every, ema_warmup_steps) when state.ema is kept.
   frozen_stats: a tree of bools like batch_stats; True entries keep their value (frozen layers).
+  normalize: (mean, std) in [0, 1] units for uint8 batches (config.data.uint8_batches), normalised on the device.
 
   Metrics 'nonfinite' (1 when the loss or a gradient is not finite) and 'first_nonfinite' (that step's number,
   else NO_STEP) let the loop find a bad step without a host round trip per step. With skip_nonfinite such a
@@ -93,6 +108,7 @@ def make_train_step(model, tx, num_classes, label_smoothing=0.0, grad_accum_step
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     images, labels = batch["image"], batch["label"]
+    images = normalize_images(images, *(normalize or (None, None)))
     if mix:
       images, targets = mixing.mix(jax.random.fold_in(rng, 2**20), images, labels, num_classes,
                                    label_smoothing=label_smoothing, **mix)
