@@ -101,6 +101,39 @@ def test_random_erasing_area_and_probability():
   assert 0 < np.mean(noise != 1) < 0.36 and np.std(noise[noise != 1]) > 0.5
 
 
+@pytest.mark.parametrize("mode", ["const", "pixel"])
+def test_uint8_batches_leave_random_erasing_to_the_step_with_the_same_rectangles(tmp_path, mode):
+  """data.uint8_batches with erasing: the host draws the rectangles it would have erased, the step erases."""
+  import jax
+  from test_data import _write_folder
+  from vision.train.config import default_config
+  from vision.train.steps import erase, normalize_images
+  root = str(tmp_path / "imgs")
+  _write_folder(root, "train", {"a": 8, "b": 8}, size=(40, 30), ext=".jpg")
+  d = default_config().data
+  d.name, d.image_size, d.mean, d.std = f"imagefolder:{root}", 24, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+  d.augment = f"jitter(b=0.4)+erasing(p=0.7,mode={mode})"
+  d.uint8_batches = False
+  host = next(pipeline.train_batches(d, 16, seed=5))
+  d.uint8_batches = True
+  mine = next(pipeline.train_batches(d, 16, seed=5))
+  assert set(host) == {"image", "label"} and mine["image"].dtype == np.uint8 and mine["erase"].shape == (16, 1, 5)
+  boxes = mine["erase"][:, 0]
+  assert 4 <= np.sum(boxes[:, 2] > 0) <= 15 and np.all(boxes[:, 4] == (mode == "pixel"))  # p = 0.7 of 16
+  on_device = np.asarray(erase(normalize_images(mine["image"], d.mean, d.std), mine["erase"], jax.random.key(0)))
+  inside = np.zeros(host["image"].shape[:3], bool)
+  for i, (top, left, h, w, _) in enumerate(boxes):
+    inside[i, top:top + h, left:left + w] = True
+  tol = 0.5 / 255 / min(d.std) + 1e-5  # uint8 rounding
+  np.testing.assert_allclose(on_device[~inside], host["image"][~inside], rtol=0, atol=tol)
+  if mode == "const":  # the host erased exactly these rectangles, to 0
+    np.testing.assert_allclose(on_device, host["image"], rtol=0, atol=tol)
+    assert np.all(on_device[inside] == 0)
+  else:  # N(0, 1) noise on both sides (other draws)
+    assert abs(on_device[inside].mean()) < 0.1 and 0.9 < on_device[inside].std() < 1.1
+    assert abs(host["image"][inside].std() - 1) < 0.1
+
+
 def test_config_string_errors():
   assert augment.parse("randaugment(n=2,m=9)+erasing(p=0.25)") == [("randaugment", {"n": 2, "m": 9.0}),
                                                                    ("erasing", {"p": 0.25})]
@@ -117,9 +150,10 @@ def test_train_stream_with_augmentation_is_deterministic_and_resumable(data_dir)
   d.augment, d.channels, d.mean, d.std = "randaugment(n=2,m=9,mstd=0.5)+erasing(p=0.5)", 3, (0.5,) * 3, (0.5,) * 3
   first = pipeline.train_batches(d, 16, seed=1)
   batches = [next(first) for _ in range(3)]
-  assert batches[0]["image"].dtype == np.float32  # erasing works on normalised values: normalised on the host
-  again = pipeline.train_batches(d, 16, seed=1, start_step=2)
-  np.testing.assert_array_equal(next(again)["image"], batches[2]["image"])
+  assert batches[0]["image"].dtype == np.uint8 and batches[0]["erase"].shape == (16, 1, 5)  # erased by the step
+  again = next(pipeline.train_batches(d, 16, seed=1, start_step=2))
+  np.testing.assert_array_equal(again["image"], batches[2]["image"])
+  np.testing.assert_array_equal(again["erase"], batches[2]["erase"])
   d.augment = ""
   plain = next(pipeline.train_batches(d, 16, seed=1))
   assert not np.array_equal(plain["image"], batches[0]["image"])

@@ -41,3 +41,14 @@ def test_input_benchmark_our_side_on_its_own_jpegs(tmp_path):
   assert pixels.shape == (48, 64, 3) and pixels.std() > 10  # photo-like, not blank
   assert bench_input.ours(root, images=16, batch=4, size=32) > 0
   assert bench_input.ours(root, images=8, batch=4, size=32, uint8=False) > 0
+
+
+def test_input_benchmark_gives_torchvision_the_same_policy():
+  transforms = pytest.importorskip("torchvision.transforms")
+  before, after = bench_input.torchvision_transforms("randaugment(n=3,m=7)+erasing(p=0.1,mode=pixel)", uint8=False)
+  assert isinstance(before[0], transforms.RandAugment) and (before[0].num_ops, before[0].magnitude) == (3, 7)
+  assert isinstance(after[0], transforms.RandomErasing) and after[0].p == 0.1 and after[0].value == "random"
+  before, after = bench_input.torchvision_transforms("trivialaugment+erasing(p=0.1)", uint8=True)
+  assert isinstance(before[0], transforms.TrivialAugmentWide) and after == []  # erasing: on the device
+  with pytest.raises(SystemExit, match="no torchvision equivalent"):
+    bench_input.torchvision_transforms("randaugment(n=2,m=9,mstd=0.5)", uint8=False)

@@ -173,7 +173,8 @@ def test_class_subset_and_eval_size(data_dir):
 
 
 def test_recipe_run_logs_ema_and_calibration_and_new_head(tmp_path, data_dir):
-  """A short digits run with Mixup/CutMix, EMA, layer decay and freezing; then init_from with a new head."""
+  """A short digits run with Mixup/CutMix, random erasing (in the step: uint8 batches), EMA, layer decay and
+  freezing; then init_from with a new head."""
   import lenet_digits
   from vision.train.loop import restore_for_eval, train_and_evaluate
   from vision.train.writers import read_metrics
@@ -182,6 +183,7 @@ def test_recipe_run_logs_ema_and_calibration_and_new_head(tmp_path, data_dir):
   c.train.update(num_steps=44, eval_every=44, checkpoint_every=44, log_every=22, mixup_alpha=0.2,
                  cutmix_alpha=1.0, ema_decay=0.9, ema_every=2, ema_warmup_epochs=0.5, freeze="^c1/")
   c.optim.layer_decay = 0.8
+  c.data.augment = "erasing(p=0.5,mode=pixel)"
   first = str(tmp_path / "first")
   results = train_and_evaluate(c, first)
   assert 0.0 <= results["ema"]["top1"] <= 1.0 and results["ema"]["top1"] != results["top1"]

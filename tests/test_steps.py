@@ -185,7 +185,8 @@ def optax_global_norm(tree):
 
 
 def test_uint8_batch_is_normalised_inside_the_step():
-  """A uint8 batch (config.data.uint8_batches) trains exactly as the same batch normalised on the host."""
+  """A uint8 batch (config.data.uint8_batches) trains exactly as the same batch normalised (and erased) on the
+  host."""
   model = create_model("lenet5", num_classes=10)
   tx = optim.make_optimizer(default_config().optim, 0.1)
   state = steps.init_state(model, tx, jax.random.key(0), (1, 32, 32, 1))
@@ -193,8 +194,13 @@ def test_uint8_batch_is_normalised_inside_the_step():
   labels = np.arange(8, dtype=np.int32)
   mean, std = (0.45,), (0.3,)
   on_host = ((pixels / 255.0 - mean[0]) / std[0]).astype(np.float32)
+  # Random erasing's rectangles (top, left, height, width, noise) ride along; the step erases them.
+  boxes = np.zeros((8, 1, 5), np.int32)
+  boxes[:3, 0] = [[2, 3, 10, 7, 0], [0, 0, 32, 32, 0], [5, 9, 1, 1, 0]]
+  for i, (top, left, h, w, _) in enumerate(boxes[:, 0]):
+    on_host[i, top:top + h, left:left + w] = 0.0
   step = jax.jit(steps.make_train_step(model, tx, 10, normalize=(mean, std)))
-  a, ma = step(state, {"image": pixels, "label": labels})
+  a, ma = step(state, {"image": pixels, "label": labels, "erase": boxes})
   b, mb = step(state, {"image": on_host, "label": labels})
   np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
   chex.assert_trees_all_close(a.params, b.params, rtol=1e-5, atol=1e-6)

@@ -72,14 +72,15 @@ def contrast(img, v):
 
 
 def sharpness(img, v):
-  kernel = tf.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
-  c = img.shape[-1]
-  kernel = tf.tile(kernel[:, :, None, None], [1, 1, c, 1])
-  blurred = tf.round(tf.nn.depthwise_conv2d(img[None], kernel, [1, 1, 1, 1], "VALID")[0])
+  # torchvision's 3x3 kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 as sums of shifted slices (TensorFlow's CPU
+  # depthwise convolution is ~20x slower). The sums are exact integers and sum / 13 is never a rounding tie,
+  # so the rounded result equals the convolution's.
+  rows = img[:-2] + img[1:-1] + img[2:]
+  box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+  centre = img[1:-1, 1:-1]
+  blurred = tf.round((box + 4.0 * centre) / 13.0)
   # The border keeps its pixels (torchvision and PIL blur the interior only).
-  degenerate = tf.pad(blurred, [[1, 1], [1, 1], [0, 0]])
-  interior = tf.pad(tf.ones_like(blurred), [[1, 1], [1, 1], [0, 0]])
-  degenerate = interior * degenerate + (1.0 - interior) * img
+  degenerate = img + tf.pad(blurred - centre, [[1, 1], [1, 1], [0, 0]])
   return _blend(img, degenerate, v)
 
 
@@ -90,7 +91,7 @@ def posterize(img, bits):
 
 
 def solarize(img, threshold):
-  return tf.where(img >= threshold, 255.0 - img, img)
+  return img + tf.cast(img >= threshold, img.dtype) * (255.0 - 2.0 * img)  # exact; faster than tf.where here
 
 
 def invert(img, _=None):
@@ -140,12 +141,22 @@ def _trunc(t):  # Python's int(): toward zero, as torchvision's translate=[int(m
   return tf.sign(t) * tf.floor(tf.abs(t))
 
 
+def _shift(img, t, axis):
+  """Moves the image by whole pixels int(t) along axis (1: right, 0: down), zeros coming in (a translation
+  with nearest-neighbour sampling, without the projective transform's per-pixel work)."""
+  n = tf.shape(img)[axis]
+  t = tf.clip_by_value(tf.cast(_trunc(t), tf.int32), -n, n)
+  source = tf.range(n) - t
+  keep = tf.cast((source >= 0) & (source < n), img.dtype)
+  return tf.roll(img, t, axis) * (keep[None, :, None] if axis == 1 else keep[:, None, None])
+
+
 def translate_x(img, t):
-  return _transform(img, tf.stack([1.0, 0.0, -_trunc(t), 0.0, 1.0, 0.0, 0.0, 0.0]))
+  return _shift(img, t, 1)
 
 
 def translate_y(img, t):
-  return _transform(img, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, -_trunc(t), 0.0, 0.0]))
+  return _shift(img, t, 0)
 
 
 def rotate(img, degrees):
@@ -280,11 +291,9 @@ def jitter(img, seed, image_size, b=0.4, c=0.4, s=0.4, h=0.0, p=1.0):
   return tf.where(tf.random.stateless_uniform([], seeds[4]) < p, out, img)
 
 
-def erasing(img, seed, image_size, p=0.25, smin=0.02, smax=1 / 3, rmin=0.3, rmax=3.3, mode="const"):
-  """Random erasing (Zhong et al. 2020) of a normalised image, as torchvision's RandomErasing: with
-  probability p one rectangle of area fraction in [smin, smax] and log-uniform aspect ratio in [rmin, rmax]
-  (10 tries to fit) is set to 0 ('const', the mean after normalisation) or to N(0, 1) noise ('pixel', timm)."""
-  h, w = tf.shape(img)[0], tf.shape(img)[1]
+def erasing_box(h, w, seed, p=0.25, smin=0.02, smax=1 / 3, rmin=0.3, rmax=3.3):
+  """Random erasing's rectangle in an h x w image: int32 [top, left, height, width], height = width = 0 when
+  nothing is erased (probability 1 - p, or no try fits). The draws of `erasing` with the same seed."""
   area = tf.cast(h * w, tf.float32)
   seeds = tf.random.experimental.stateless_split(seed, 13)
   eh, ew, top, left, found = tf.constant(0), tf.constant(0), tf.constant(0), tf.constant(0), tf.constant(False)
@@ -300,11 +309,36 @@ def erasing(img, seed, image_size, p=0.25, smin=0.02, smax=1 / 3, rmin=0.3, rmax
     take = tf.logical_and(fits, tf.logical_not(found))
     eh, ew, top, left = (tf.where(take, a, b) for a, b in ((th, eh), (tw, ew), (t, top), (l_, left)))
     found = tf.logical_or(found, fits)
+  erase = found & (tf.random.stateless_uniform([], seeds[10]) < p)
+  return tf.stack([top, left, tf.where(erase, eh, 0), tf.where(erase, ew, 0)])
+
+
+def erasing(img, seed, image_size, p=0.25, smin=0.02, smax=1 / 3, rmin=0.3, rmax=3.3, mode="const"):
+  """Random erasing (Zhong et al. 2020) of a normalised image, as torchvision's RandomErasing: with
+  probability p one rectangle of area fraction in [smin, smax] and log-uniform aspect ratio in [rmin, rmax]
+  (10 tries to fit) is set to 0 ('const', the mean after normalisation) or to N(0, 1) noise ('pixel', timm).
+
+  With uint8 batches (config.data.uint8_batches) the pipeline ships erasing_boxes instead and the train step
+  erases on the device (vision/train/steps.py:erase)."""
+  h, w = tf.shape(img)[0], tf.shape(img)[1]
+  top, left, eh, ew = tf.unstack(erasing_box(h, w, seed, p, smin, smax, rmin, rmax))
   rows, cols = tf.range(h)[:, None], tf.range(w)[None, :]
   box = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
-  erase = found & (tf.random.stateless_uniform([], seeds[10]) < p)
+  seeds = tf.random.experimental.stateless_split(seed, 13)
   fill = tf.random.stateless_normal(tf.shape(img), seeds[11]) if mode == "pixel" else tf.zeros_like(img)
-  return tf.where(erase & box[..., None], fill, img)
+  return tf.where(box[..., None], fill, img)
+
+
+def erasing_boxes(seed, spec, image_size):
+  """The rectangles of the spec's erasing ops for one image_size^2 image, drawn as apply(after_normalise=True)
+  would draw them: int32 [ops, 5] = (top, left, height, width, 1 for noise ('pixel') or 0 for zeros)."""
+  ops = [(n, kw) for n, kw in parse(spec) if n in AFTER_NORMALISE]
+  rows = []
+  for s, (_, kwargs) in zip(tf.unstack(tf.random.experimental.stateless_split(seed, len(ops))), ops):
+    kwargs = dict(kwargs)
+    noise = int(kwargs.pop("mode", "const") == "pixel")
+    rows.append(tf.concat([erasing_box(image_size, image_size, s, **kwargs), [noise]], 0))
+  return tf.stack(rows)
 
 
 # --- the config string -----------------------------------------------------------------------------------
@@ -342,8 +376,8 @@ def parse(spec: str) -> list[tuple[str, dict]]:
   return out
 
 
-def needs_normalised(spec: str) -> bool:
-  """Whether `spec` has an op that works on normalised values (so images must be normalised on the host)."""
+def has_erasing(spec: str) -> bool:
+  """Whether `spec` has an op that works on normalised values (random erasing)."""
   return any(name in AFTER_NORMALISE for name, _ in parse(spec))
 
 

@@ -187,7 +187,10 @@ def _parallel(d):
 
 
 def train_batches(d, local_batch, seed, start_step=0, process_index=0, process_count=1) -> Iterator[dict]:
-  """Endless numpy batches {'image': f32 [B,H,W,C], 'label': i32 [B]} from `start_step` on.
+  """Endless numpy batches {'image', 'label': i32 [B]} from `start_step` on.
+
+  'image': uint8 [B,H,W,C] for the train step to normalise (config.data.uint8_batches, the default), plus
+  'erase': i32 [B, ops, 5] rectangles when data.augment has random erasing; float32 normalised otherwise.
 
   The batch is the concatenation of equal parts of this process's shards (config.data.train_shards), so
   the global batch, process-local parts put side by side, does not depend on the number of processes.
@@ -234,10 +237,15 @@ def _shard_batches(d, local_batch, seed, start_step, shard, num_shards):
 
   ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch).skip(offset)
 
+  erase = preprocess.erases_on_device(d)
+
   def process(position, rec):
     image, label = rec
-    image = preprocess.train_image(image, tf.stack([tf.constant(base_seed), position]), d, decoded=d.cache)
-    return {"image": image, "label": tf.cast(label, tf.int32)}
+    seed = tf.stack([tf.constant(base_seed), position])
+    out = {"image": preprocess.train_image(image, seed, d, decoded=d.cache), "label": tf.cast(label, tf.int32)}
+    if erase:
+      out["erase"] = preprocess.erase_boxes(seed, d)
+    return out
 
   ds = ds.map(process, num_parallel_calls=_parallel(d), deterministic=True)
   return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE), n

@@ -96,19 +96,28 @@ def _inception_crop_decoded(image, size, seed, scale, ratio):
 
 
 def uint8_batches(d) -> bool:
-  """Whether train images leave the host as uint8, to be normalised on the device (steps.normalize_images).
+  """Whether train images leave the host as uint8, normalised on the device (steps.normalize_images)."""
+  return bool(d.get("uint8_batches", False))
 
-  config.data.uint8_batches, unless data.augment has an op that works on normalised values.
-  """
+
+def erases_on_device(d) -> bool:
+  """uint8 batches with random erasing: the pipeline draws the rectangles, the train step erases them."""
   from vision.data import augment
-  return bool(d.get("uint8_batches", False)) and not augment.needs_normalised(d.augment)
+  return uint8_batches(d) and augment.has_erasing(d.augment)
+
+
+def erase_boxes(seed, d):
+  """The rectangles (int32 [ops, 5], augment.erasing_boxes) that train_image(seed) would erase on the host."""
+  from vision.data import augment
+  return augment.erasing_boxes(tf.random.experimental.stateless_fold_in(seed, 2), d.augment, d.image_size)
 
 
 def train_image(image, seed, d, decoded=False):
   """The training transform chosen by the data config `d` (see vision/train/config.py).
 
   `image` is encoded bytes, or (decoded=True) the uint8 output of train_decode. Returns uint8 [0, 255] values
-  when uint8_batches(d), else float32 normalised with d.mean and d.std.
+  when uint8_batches(d) (random erasing, which works on normalised values, is then left to the train step:
+  erase_boxes), else float32 normalised with d.mean and d.std.
   """
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   as_uint8 = uint8_batches(d)

@@ -20,9 +20,12 @@ filter, horizontal flip, batch. Four pipelines, each in a process of its own
 
 The tool writes its own JPEGs (photo-like: smooth colour fields plus noise,
 ImageNet's typical 500x375, quality 90) unless --dir points at a folder of
-class folders. Reported: images/s of each after one warm-up batch (with --repeats, the
-median of that many runs, the sides taking turns), and ours over each
-torchvision side. torch is imported only by this tool.
+class folders. --augment adds a data.augment policy on both sides
+(torchvision: TrivialAugmentWide, RandAugment, AutoAugment on the PIL crop,
+RandomErasing after Normalize; the uint8 sides leave erasing to the device).
+Reported: images/s of each after one warm-up batch (with --repeats, the median
+of that many runs, the sides taking turns), and ours over each torchvision
+side. torch is imported only by this tool.
 """
 import argparse
 import json
@@ -59,21 +62,45 @@ def _timed(batches, images, batch):
   return n / (time.perf_counter() - start)
 
 
-def ours(root, images, batch, size, uint8=True):
+def ours(root, images, batch, size, uint8=True, augment=""):
   from vision.data import pipeline
   from vision.train.config import default_config
   d = default_config().data
   d.name, d.image_size, d.train_crop, d.flip, d.shuffle_buffer = f"imagefolder:{root}", size, "inception", True, 1000
-  d.uint8_batches = uint8
+  d.uint8_batches, d.augment = uint8, augment
   return _timed(pipeline.train_batches(d, batch, seed=0), images, batch)
 
 
-def torchvision_loader(root, images, batch, size, workers, uint8=False):
+def torchvision_transforms(spec, uint8):
+  """(transforms on the PIL crop, transforms after normalisation) equal to our data.augment `spec`.
+
+  The uint8 side leaves random erasing out: like ours, it would erase on the accelerator.
+  """
+  from torchvision import transforms
+  from vision.data import augment
+  before, after = [], []
+  for name, kw in augment.parse(spec):
+    if name == "trivialaugment" and set(kw) <= {"bins"}:
+      before.append(transforms.TrivialAugmentWide(num_magnitude_bins=kw.get("bins", 31)))
+    elif name == "randaugment" and set(kw) <= {"n", "m", "bins"}:
+      before.append(transforms.RandAugment(kw.get("n", 2), int(kw.get("m", 9)), kw.get("bins", 31)))
+    elif name == "autoaugment":
+      before.append(transforms.AutoAugment())
+    elif name == "erasing" and set(kw) <= {"p", "mode"}:
+      if not uint8:
+        after.append(transforms.RandomErasing(kw.get("p", 0.25), value="random" if kw.get("mode") == "pixel" else 0))
+    else:
+      raise SystemExit(f"error: --augment: no torchvision equivalent here for {name}{kw or ''}")
+  return before, after
+
+
+def torchvision_loader(root, images, batch, size, workers, uint8=False, augment=""):
   import torch
   from torchvision import datasets, transforms
+  before, after = torchvision_transforms(augment, uint8)
   tail = [transforms.PILToTensor()] if uint8 else [
-      transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
-  t = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()] + tail)
+      transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))] + after
+  t = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()] + before + tail)
   loader = torch.utils.data.DataLoader(datasets.ImageFolder(os.path.join(root, "train"), t), batch_size=batch,
                                        shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
 
@@ -83,16 +110,18 @@ def torchvision_loader(root, images, batch, size, workers, uint8=False):
   return _timed(forever(), images, batch)
 
 
-SIDES = {"ours": lambda a: ours(a.dir, a.images, a.batch, a.size),
-         "ours_float": lambda a: ours(a.dir, a.images, a.batch, a.size, uint8=False),
-         "torchvision": lambda a: torchvision_loader(a.dir, a.images, a.batch, a.size, a.workers),
-         "torchvision_uint8": lambda a: torchvision_loader(a.dir, a.images, a.batch, a.size, a.workers, uint8=True)}
+SIDES = {"ours": lambda a: ours(a.dir, a.images, a.batch, a.size, augment=a.augment),
+         "ours_float": lambda a: ours(a.dir, a.images, a.batch, a.size, uint8=False, augment=a.augment),
+         "torchvision": lambda a: torchvision_loader(a.dir, a.images, a.batch, a.size, a.workers, augment=a.augment),
+         "torchvision_uint8": lambda a: torchvision_loader(a.dir, a.images, a.batch, a.size, a.workers, uint8=True,
+                                                           augment=a.augment)}
 
 
 def _side(name, root, args):
   """One side's images/s, measured in a fresh process."""
   cmd = [sys.executable, "-m", "vision.tools.bench_input", "--side", name, "--dir", root, "--images",
-         str(args.images), "--batch", str(args.batch), "--size", str(args.size), "--workers", str(args.workers)]
+         str(args.images), "--batch", str(args.batch), "--size", str(args.size), "--workers", str(args.workers),
+         "--augment", args.augment]
   proc = subprocess.run(cmd, capture_output=True, text=True)
   if proc.returncode:
     raise RuntimeError(f"{name} side failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -107,6 +136,8 @@ def main(argv=None):
   p.add_argument("--dir", help="a folder with train/<class>/*.jpg (default: write --files JPEGs to a temp dir)")
   p.add_argument("--files", type=int, default=1000, help="JPEGs to write when --dir is not given")
   p.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers (default: one per core)")
+  p.add_argument("--augment", default="", help="a config.data.augment string on both sides, e.g. "
+                 "'trivialaugment+erasing(p=0.1)' (trivialaugment, randaugment(n,m), autoaugment, erasing(p,mode))")
   p.add_argument("--repeats", type=int, default=1,
                  help="measure each side this many times, the sides taking turns; report the median")
   p.add_argument("--json", action="store_true")
@@ -126,7 +157,7 @@ def main(argv=None):
     tmp = tempfile.TemporaryDirectory()
     root = write_jpegs(tmp.name, args.files)
   row = {"images": args.images, "batch": args.batch, "size": args.size, "cores": os.cpu_count(),
-         "workers": args.workers}
+         "workers": args.workers, "augment": args.augment}
   runs = {name: [] for name in sides}
   for _ in range(max(1, args.repeats)):  # in turns, so a slow spell of the machine hits every side alike
     for name in sides:

@@ -59,8 +59,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.num_parallel_calls = -1  # -1: tf.data AUTOTUNE
   c.data.prefetch = 2  # batches kept ready on the device
   # Train batches leave the host as uint8 and are normalised inside the jitted step: a quarter of the bytes to
-  # copy and move, no float work on the host (BENCHMARKS.md). Float32 batches, normalised on the host, when
-  # False or when data.augment has an op that works on normalised values (erasing).
+  # copy and move, no float work on the host (BENCHMARKS.md). Random erasing's rectangles are then drawn on the
+  # host and erased by the step. False: float32 batches, normalised (and erased) on the host.
   c.data.uint8_batches = True
 
   c.train = ml_collections.ConfigDict()

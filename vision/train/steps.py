@@ -56,6 +56,25 @@ def normalize_images(images, mean, std):
   return images.astype(jnp.float32) * (1.0 / (255.0 * std)) - mean / std
 
 
+def erase(images, boxes, rng):
+  """Random erasing on the device: the rectangles the pipeline drew (vision/data/augment.py:erasing_boxes).
+
+  images: normalised [B, H, W, C]; boxes: int32 [B, ops, 5] = (top, left, height, width, noise), height 0 for
+  no erasing. Inside a rectangle: 0 (the mean), or N(0, 1) noise where noise = 1 (timm's 'pixel' mode).
+  """
+  rows = jnp.arange(images.shape[1])[None, :, None]
+  cols = jnp.arange(images.shape[2])[None, None, :]
+  for op in range(boxes.shape[1]):
+    top, left, h, w, noise = (boxes[:, op, k][:, None, None] for k in range(5))
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    key = jax.random.fold_in(rng, op)
+    fill = jax.lax.cond(jnp.any(noise * h > 0),  # no noise drawn for a batch without a 'pixel' rectangle
+                        lambda: jnp.where(noise[..., None] > 0, jax.random.normal(key, images.shape, images.dtype), 0),
+                        lambda: jnp.zeros_like(images))
+    images = jnp.where(inside[..., None], fill, images)
+  return images
+
+
 NO_STEP = 2**31 - 1  # 'first_nonfinite' of a finite step: metrics of many steps combine by minimum
 
 
@@ -109,6 +128,8 @@ def make_train_step(model, tx, num_classes, label_smoothing=0.0, grad_accum_step
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     images, labels = batch["image"], batch["label"]
     images = normalize_images(images, *(normalize or (None, None)))
+    if "erase" in batch:  # uint8 batches with random erasing: the host drew the rectangles
+      images = erase(images, batch["erase"], jax.random.fold_in(rng, 2**21))
     if mix:
       images, targets = mixing.mix(jax.random.fold_in(rng, 2**20), images, labels, num_classes,
                                    label_smoothing=label_smoothing, **mix)
