@@ -65,13 +65,20 @@ def test_multicrop_stream_shapes_determinism_and_resume(data_dir):
   b = batches[0]
   assert b["global_crops"].shape == (4, 2, 16, 16, 3) and b["local_crops"].shape == (4, 1, 8, 8, 3)
   assert b["masks"].shape == (4, 2, 16) and b["masks"].dtype == bool
-  assert b["global_crops"].dtype == np.float32 and np.all(np.abs(b["global_crops"]) <= 1.0 + 1e-5)
+  assert b["global_crops"].dtype == b["local_crops"].dtype == np.uint8  # normalised by the step (uint8_batches)
   # The two global crops of an image differ (independent crops and colour).
-  assert np.abs(b["global_crops"][:, 0] - b["global_crops"][:, 1]).mean() > 0.05
+  assert np.abs(b["global_crops"][:, 0] / 255 - b["global_crops"][:, 1] / 255).mean() > 0.025
   # A new stream with the same seed started at step 2 gives exactly the third batch: deterministic and resumable.
   resumed = next(multicrop.train_batches(d, s, 4, seed=3, start_step=2, patch_size=4, mask_groups=2))
   for k in b:
     np.testing.assert_array_equal(resumed[k], batches[2][k])
+  # data.uint8_batches=False: the same crops normalised on the host (half a uint8 level apart at most).
+  from vision.train.steps import normalize_images
+  d.uint8_batches = False
+  floats = next(multicrop.train_batches(d, s, 4, seed=3, patch_size=4, mask_groups=2))
+  for k in ("global_crops", "local_crops"):
+    assert floats[k].dtype == np.float32
+    np.testing.assert_allclose(normalize_images(b[k], d.mean, d.std), floats[k], rtol=0, atol=0.5 / 255 / 0.5 + 1e-5)
 
 
 def test_blur_and_solarize_follow_the_release_probabilities():
@@ -86,7 +93,7 @@ def test_blur_and_solarize_follow_the_release_probabilities():
   solarized = []
   for i in range(200):
     x = multicrop.crop_view(image, tf.constant([0, i], tf.int64), 8, (0.5, 1.0), s, d, 0.0, 0.2).numpy()
-    x = x * np.asarray(d.std) + np.asarray(d.mean)  # back to [0, 1]
+    x = x / 255.0  # uint8 crops (data.uint8_batches)
     solarized.append(x.mean() < 0.5)
   assert 0.12 < np.mean(solarized) < 0.28  # p = 0.2
   # Blur of an impulse spreads it; sigma in [0.1, 2] keeps the mass (a normalised kernel).
@@ -97,6 +104,20 @@ def test_blur_and_solarize_follow_the_release_probabilities():
   k = np.exp(-t ** 2 / 2.0) / np.exp(-t ** 2 / 2.0).sum()  # torchvision's 9-tap kernel at sigma 1
   assert abs(blurred.sum() - 1.0) < 1e-5
   np.testing.assert_allclose(blurred[10, 6:15, 0], k[4] * k, rtol=1e-5)
+
+
+def test_blur_and_grayscale_equal_torchvision():
+  """The shifted-slice blur and the matmul grayscale against torchvision's GaussianBlur and channel weights."""
+  import tensorflow as tf
+  torch = pytest.importorskip("torch")
+  from torchvision.transforms import functional as F
+  x = np.random.default_rng(0).uniform(0, 1, (37, 53, 3)).astype(np.float32)
+  for sigma in (0.1, 0.7, 2.0):
+    ref = F.gaussian_blur(torch.from_numpy(x).permute(2, 0, 1), [9, 9], [sigma, sigma]).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(multicrop.gaussian_blur(tf.constant(x), sigma).numpy(), ref, rtol=0, atol=1e-6)
+  gray = multicrop._grayscale(tf.constant(x)).numpy()
+  assert gray.shape == (37, 53, 1)
+  np.testing.assert_allclose(gray[..., 0], x @ np.asarray(multicrop.GRAY, np.float32), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("op", ["brightness", "saturation"])

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from vision.ssl import losses
+from vision.train.steps import normalize_images
 
 
 @flax.struct.dataclass
@@ -91,8 +92,11 @@ def _heads(nets, params, cls_tokens, patch_tokens):
           nets.ibot_head.apply({"params": params["ibot_head"]}, patch_tokens))
 
 
-def make_train_step(nets: Networks, tx, schedules, s, num_groups: int = 1, mask_upper_bound: int = 0, mesh=None):
+def make_train_step(nets: Networks, tx, schedules, s, num_groups: int = 1, mask_upper_bound: int = 0, mesh=None,
+                    normalize=None):
   """Builds train_step(state, batch) -> (state, metrics). `s` is config.ssl.
+
+  normalize: (mean, std) for uint8 crops (config.data.uint8_batches), normalised on the device.
 
   mask_upper_bound: U, the static number of masked-patch slots per group (0 disables iBOT).
   mesh: given, Sinkhorn-Knopp runs under shard_map with explicit psums over its 'data' axis.
@@ -152,6 +156,7 @@ def make_train_step(nets: Networks, tx, schedules, s, num_groups: int = 1, mask_
 
   def train_step(state: SSLState, batch):
     glob, local, masks = batch["global_crops"], batch["local_crops"], batch["masks"]
+    glob, local = (normalize_images(x, *(normalize or (None, None))) for x in (glob, local))
     b, n_local = glob.shape[0], local.shape[1]
     glob = glob.reshape(b * 2, *glob.shape[2:])  # row b * 2 + crop: each device keeps its examples
     local = local.reshape(b * n_local, *local.shape[2:])
