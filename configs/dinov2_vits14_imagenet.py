@@ -37,7 +37,8 @@ Departures from the release:
   scaler under FSDP); --config.train.fsdp=True shards like FSDP.
 - Random-resized crops use TensorFlow's box sampler and antialiased bicubic
   resize (torchvision samples the box slightly differently, PIL resamples);
-  images are not rounded to uint8 between colour operations.
+  crops are rounded to uint8 once, after the colour operations (PIL rounds
+  after each), and normalised on the device.
 - iBOT masks and KoLeo work per device batch as the release does per GPU;
   the DINO center and Sinkhorn-Knopp are over the global batch, as there.
 - Linear probes train on features computed once with the evaluation
