@@ -46,7 +46,8 @@ def _aux_logits(intermediates):
 def normalize_images(images, mean, std):
   """uint8 [0, 255] images (config.data.uint8_batches) -> float32 (x / 255 - mean) / std; float images as they are.
 
-  XLA fuses this into the first layer's input, on the device; the host only crops, flips and batches bytes.
+  An elementwise op on the device (XLA may fuse it with the first layer); the host only crops, flips and batches
+  bytes.
   """
   if images.dtype != jnp.uint8:
     return images
