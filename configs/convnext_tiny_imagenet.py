@@ -5,6 +5,7 @@ epochs, 20 warmup epochs then cosine, weight decay 0.05 not on norms or biases,
 stochastic depth 0.1 (tiny; 0.4/0.5/0.5 for S/B/L), layer scale 1e-6 (in the
 model), label smoothing 0.1. Departures until the recipes issue lands: no Mixup
 (0.8) / CutMix (1.0), RandAugment (9, 0.5), random erasing (0.25) or weight EMA.
+Bicubic crops and evaluation resize 256 -> centre crop 224, as the paper's repository (timm's transforms).
 """
 from vision.train.config import default_config, imagenet_data, parse_arg
 
@@ -14,6 +15,7 @@ DROP_PATH = {"convnext_tiny": 0.1, "convnext_small": 0.4, "convnext_base": 0.5, 
 def get_config(arg=None):
   a = parse_arg(arg, model="convnext_tiny", batch=1024, dtype="bfloat16")
   c = imagenet_data(default_config())
+  c.data.interpolation = "bicubic"
   c.model.name, c.model.dtype = a.model, a.dtype
   c.model.kwargs.drop_path_rate = DROP_PATH[a.model]
   c.train.batch_size = c.train.eval_batch_size = a.batch

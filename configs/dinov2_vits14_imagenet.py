@@ -41,6 +41,7 @@ Departures from the release:
   after each), and normalised on the device.
 - iBOT masks and KoLeo work per device batch as the release does per GPU;
   the DINO center and Sinkhorn-Knopp are over the global batch, as there.
+- The evaluation transform is the release's: bicubic resize 256, centre crop 224.
 - Linear probes train on features computed once with the evaluation
   transform (the release re-augments every epoch), selected on 10% of the
   train split held out (the release selects on the validation split it
@@ -81,5 +82,6 @@ def get_config(arg=None):
   c.optim.warmup_epochs = 10.0
   c.optim.weight_decay = 0.04  # cosine to ssl.weight_decay_end = 0.4
   c.data.flip = True
+  c.data.interpolation = "bicubic"  # the kNN / linear evaluation transform (the crops are always bicubic)
   c.data.shuffle_buffer = 16 * 1024
   return c

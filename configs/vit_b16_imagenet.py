@@ -4,11 +4,12 @@ recipe=deit (default), Touvron et al. 2021 ("Training data-efficient image
 transformers", Table 9 / github.com/facebookresearch/deit main.py): AdamW
 (0.9, 0.999), lr 5e-4 x batch/512, weight decay 0.05, 300 epochs, 5 linear
 warmup epochs then cosine to 1e-5, label smoothing 0.1, stochastic depth 0.1,
-batch 1024, 224px inception crops, eval resize 256 / center crop 224; DeiT-B
-reaches 81.8% top-1 with the augmentations below.
+batch 1024, 224px bicubic inception crops, eval bicubic resize 256 / center crop
+224; DeiT-B reaches 81.8% top-1 with the augmentations below.
 recipe=torchvision (github.com/pytorch/vision references/classification, vit_b_16,
 81.1%): lr 3e-3 at batch 4096, weight decay 0.3, 30 warmup epochs then cosine,
-label smoothing 0.11, gradient clipping at global norm 1, no stochastic depth.
+label smoothing 0.11, gradient clipping at global norm 1, no stochastic depth,
+bilinear crops and eval resize 256 / crop 224 (the vit_b_16 weights' transforms).
 Both: bf16 compute (float32 params and optimizer), gradient clipping at norm 1
 (the DeiT repo does not clip; with AdamW and bf16 it only guards against spikes).
 DeiT's augmentation and regularisation: RandAugment rand-m9-mstd0.5 (n=2),
@@ -33,10 +34,10 @@ RECIPES = {
     # lr and the batch it is quoted at, weight decay, warmup epochs, label smoothing, drop path, ...
     "deit": dict(lr=5e-4, lr_batch=512, wd=0.05, warmup=5.0, smoothing=0.1, drop_path=0.1, end_lr=1e-5,
                  augment="randaugment(n=2,m=9,mstd=0.5)+erasing(p=0.25)", mixup=0.8, cutmix=1.0, repeats=3,
-                 warmup_init=None, ema=(0.99996, 1), decay_all=False),
+                 warmup_init=None, ema=(0.99996, 1), decay_all=False, interpolation="bicubic"),
     "torchvision": dict(lr=3e-3, lr_batch=4096, wd=0.3, warmup=30.0, smoothing=0.11, drop_path=0.0, end_lr=0.0,
                         augment="randaugment(n=2,m=9)", mixup=0.2, cutmix=1.0, repeats=3, warmup_init=0.033,
-                        ema=(0.99998, 32), decay_all=True),
+                        ema=(0.99998, 32), decay_all=True, interpolation="bilinear"),
 }
 
 
@@ -59,7 +60,7 @@ def get_config(arg=None):
   c.optim.grad_clip_norm = 1.0
   c.optim.decay_norm_and_bias = r["decay_all"]
   c.optim.warmup_init_factor = r["warmup_init"] if r["warmup_init"] is not None else 1e-6 / c.optim.lr
-  c.data.augment = r["augment"]
+  c.data.augment, c.data.interpolation = r["augment"], r["interpolation"]
   c.data.repeated_augment = r["repeats"]
   c.train.mixup_alpha, c.train.cutmix_alpha = r["mixup"], r["cutmix"]
   decay, every = r["ema"]

@@ -1,9 +1,11 @@
 """Input pipeline: the digits dataset, resumable train stream, exactly-once eval, folders, tfds mocks."""
 import collections
+import io
 import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
@@ -187,3 +189,70 @@ def test_uint8_batches_normalised_on_the_device_equal_the_float_batches(tmp_path
   assert normalize_images(floats[0]["image"], d.mean, d.std) is floats[0]["image"]  # floats pass through
   with pytest.raises(ValueError, match="need the mean and std"):
     normalize_images(bytes_[0]["image"], None, None)
+
+
+def _textured_png(rng, h, w):
+  """A smooth picture plus noise (what resampling errors and off-by-one crops show up in), PNG-encoded."""
+  coarse = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+  image = np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC), np.int64)
+  image = np.clip(image + rng.integers(-20, 21, image.shape), 0, 255).astype(np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+# Shapes: landscape, portrait, square, odd sides (crop offsets with halves), an extreme aspect ratio, and a
+# shorter side below the resize size (upsampling).
+EVAL_SHAPES = [(375, 500), (500, 375), (333, 333), (301, 457), (457, 301), (260, 999), (224, 300)]
+
+
+def test_eval_transform_equals_the_weights_transforms_of_torchvision():
+  """Resize + CenterCrop + Normalize of torchvision's released weights (PIL images, as they were evaluated):
+  the sizes, crop offsets and filter must be theirs; resampling within 2 levels of PIL (1 when shrinking)."""
+  pytest.importorskip("torch")
+  models = pytest.importorskip("torchvision.models")
+  from vision.data import preprocess
+  weights = [models.ResNet50_Weights.IMAGENET1K_V1,  # resize 256, bilinear
+             models.ResNet50_Weights.IMAGENET1K_V2,  # 232 bilinear
+             models.ConvNeXt_Tiny_Weights.IMAGENET1K_V1,  # 236 bilinear
+             models.Swin_T_Weights.IMAGENET1K_V1,  # 232 bicubic
+             models.EfficientNet_B3_Weights.IMAGENET1K_V1]  # 320 bicubic, crop 300
+  rng = np.random.default_rng(0)
+  for h, w in EVAL_SHAPES:
+    data = _textured_png(rng, h, w)
+    for weight in weights:
+      t = weight.transforms()
+      size, resize = t.crop_size[0], t.resize_size[0]
+      d = default_config().data
+      d.image_size, d.crop_pct, d.mean, d.std = size, size / resize, tuple(t.mean), tuple(t.std)
+      d.interpolation = t.interpolation.value
+      assert preprocess.resize_size(size, d.crop_pct) == resize
+      ref = t(Image.open(io.BytesIO(data))).numpy().transpose(1, 2, 0)
+      ours = preprocess.eval_image(tf.constant(data), d).numpy()
+      levels = np.abs(ours - ref) * np.asarray(t.std) * 255.0  # back to uint8 levels
+      assert ours.shape == ref.shape, (h, w, weight)
+      assert levels.max() < (1.01 if min(h, w) >= resize else 2.01), (h, w, weight, levels.max())
+      assert np.mean(levels > 0.5) < 0.05, (h, w, weight)
+
+
+def test_eval_resize_mode_equals_pil_resize():
+  """eval_crop='resize' (and the train resize of the pad-crop modes): PIL's resize to size x size."""
+  from vision.data import preprocess
+  rng = np.random.default_rng(1)
+  for (h, w), size, method in [((8, 8), 32, "bilinear"), ((375, 500), 224, "bilinear"), ((301, 457), 160, "bicubic")]:
+    image = np.asarray(Image.open(io.BytesIO(_textured_png(rng, h, w))))
+    pil = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[method]
+    ref = np.asarray(Image.fromarray(image).resize((size, size), pil), np.float32)
+    ours = preprocess.pil_resize(tf.constant(image), size, size, method).numpy()
+    assert ours.shape == ref.shape and np.abs(ours - ref).max() <= 1 and np.mean(ours != ref) < 0.05
+
+
+def test_crop_pct_and_interpolation_are_validated():
+  from vision.train.config import validate
+  c = default_config()
+  c.model.name, c.data.crop_pct = "lenet5", 1.2
+  with pytest.raises(UserError, match=r"config.data.crop_pct = 1.2 must be in \(0, 1\]"):
+    validate(c, 1)
+  c.data.crop_pct, c.data.interpolation = 0.875, "lanczos"
+  with pytest.raises(UserError, match=r"config.data.interpolation = 'lanczos' is not one of \('bilinear', 'bicubic'\)"):
+    validate(c, 1)

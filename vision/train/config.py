@@ -43,7 +43,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.augment = ""  # e.g. 'randaugment(n=2,m=9,mstd=0.5)+erasing(p=0.25)' (vision/data/augment.py)
   c.data.repeated_augment = 1  # > 1: each image appears this many times per epoch, differently augmented
   c.data.eval_crop = "center"  # 'center' (resize to image_size / crop_pct, center crop) or 'resize'
-  c.data.crop_pct = 0.875
+  c.data.crop_pct = 0.875  # the shorter side is resized to floor(image_size / crop_pct): 0.875 -> 256 for 224
+  # PIL's filter of every resize, 'bilinear' or 'bicubic' (timm's ViT/DeiT/ConvNeXt/DINOv2 and torchvision's
+  # Swin/EfficientNet weights were trained and evaluated with bicubic). Evaluation resizes as torchvision's
+  # Resize + CenterCrop on PIL images do, to within 1 level (vision/data/preprocess.py pil_resize).
+  c.data.interpolation = "bilinear"
   # FixRes (Touvron et al. 2019): evaluate at another size than the train crops (0: data.image_size). The eval
   # resize is eval_image_size / crop_pct (torchvision's v2 recipe: 176 train, resize 232, crop 224).
   c.data.eval_image_size = 0
@@ -219,6 +223,7 @@ def validate(config, num_devices: int, num_processes: int = 1):
   choices = {"optim.name": ("sgd", "nesterov", "adamw", "rmsprop", "lars", "lamb"),
              "optim.schedule": ("cosine", "step", "exponential", "constant"),
              "data.train_crop": ("inception", "pad_random", "resize"), "data.eval_crop": ("center", "resize"),
+             "data.interpolation": ("bilinear", "bicubic"),
              "model.dtype": ("float32", "bfloat16", "float16")}
   for key, allowed in choices.items():
     section, name = key.split(".")
@@ -256,6 +261,9 @@ def _validate_recipes(config):
       raise UserError(f"config.optim.{key} = {o[key]} must be in [0, 1] (1: off)")
   if not 0.0 <= o.warmup_init_factor <= 1.0:
     raise UserError(f"config.optim.warmup_init_factor = {o.warmup_init_factor} must be in [0, 1]")
+  if not 0.0 < d.crop_pct <= 1.0:
+    raise UserError(f"config.data.crop_pct = {d.crop_pct} must be in (0, 1] (the centre crop's share of the "
+                    "resized shorter side, e.g. 0.875: 224 of 256)")
   if not isinstance(d.eval_image_size, int) or d.eval_image_size < 0:
     raise UserError(f"config.data.eval_image_size = {d.eval_image_size!r} must be 0 (= data.image_size) or a size")
   classes = tuple(d.classes)
