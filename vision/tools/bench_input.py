@@ -20,7 +20,11 @@ filter, horizontal flip, batch. Four pipelines, each in a process of its own
 
 The tool writes its own JPEGs (photo-like: smooth colour fields plus noise,
 ImageNet's typical 500x375, quality 90) unless --dir points at a folder of
-class folders. --augment adds a data.augment policy on both sides
+class folders. --eval times the evaluation transform instead: ours
+(vision.data.pipeline.eval_batches: resize the shorter side to size / 0.875,
+centre crop, PIL's two rounded passes, float32 normalised) against torchvision's
+Resize + CenterCrop + ToTensor + Normalize in the DataLoader, both in order, one
+pass over the folder after another. --augment adds a data.augment policy on both sides
 (torchvision: TrivialAugmentWide, RandAugment, AutoAugment on the PIL crop,
 RandomErasing after Normalize; the uint8 sides leave erasing to the device).
 Reported: images/s of each after one warm-up batch (with --repeats, the median
@@ -71,6 +75,35 @@ def ours(root, images, batch, size, uint8=True, augment=""):
   return _timed(pipeline.train_batches(d, batch, seed=0), images, batch)
 
 
+def ours_eval(root, images, batch, size):
+  from vision.data import pipeline
+  from vision.train.config import default_config
+  d = default_config().data
+  d.name, d.image_size = f"imagefolder:{root}", size
+
+  def forever():
+    while True:
+      batches, n = pipeline.eval_batches(d, "train", batch)
+      for _, b in zip(range(n), batches):
+        yield b
+  return _timed(forever(), images, batch)
+
+
+def torchvision_eval(root, images, batch, size, workers):
+  import torch
+  from torchvision import datasets, transforms
+  from vision.data.preprocess import resize_size
+  t = transforms.Compose([transforms.Resize(resize_size(size, 0.875)), transforms.CenterCrop(size),
+                          transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+  loader = torch.utils.data.DataLoader(datasets.ImageFolder(os.path.join(root, "train"), t), batch_size=batch,
+                                       num_workers=workers, persistent_workers=workers > 0)
+
+  def forever():
+    while True:
+      yield from loader
+  return _timed(forever(), images, batch)
+
+
 def torchvision_transforms(spec, uint8):
   """(transforms on the PIL crop, transforms after normalisation) equal to our data.augment `spec`.
 
@@ -115,13 +148,15 @@ SIDES = {"ours": lambda a: ours(a.dir, a.images, a.batch, a.size, augment=a.augm
          "torchvision": lambda a: torchvision_loader(a.dir, a.images, a.batch, a.size, a.workers, augment=a.augment),
          "torchvision_uint8": lambda a: torchvision_loader(a.dir, a.images, a.batch, a.size, a.workers, uint8=True,
                                                            augment=a.augment)}
+EVAL_SIDES = {"ours": lambda a: ours_eval(a.dir, a.images, a.batch, a.size),
+              "torchvision": lambda a: torchvision_eval(a.dir, a.images, a.batch, a.size, a.workers)}
 
 
 def _side(name, root, args):
   """One side's images/s, measured in a fresh process."""
   cmd = [sys.executable, "-m", "vision.tools.bench_input", "--side", name, "--dir", root, "--images",
          str(args.images), "--batch", str(args.batch), "--size", str(args.size), "--workers", str(args.workers),
-         "--augment", args.augment]
+         "--augment", args.augment] + (["--eval"] if args.eval else [])
   proc = subprocess.run(cmd, capture_output=True, text=True)
   if proc.returncode:
     raise RuntimeError(f"{name} side failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -140,24 +175,29 @@ def main(argv=None):
                  "'trivialaugment+erasing(p=0.1)' (trivialaugment, randaugment(n,m), autoaugment, erasing(p,mode))")
   p.add_argument("--repeats", type=int, default=1,
                  help="measure each side this many times, the sides taking turns; report the median")
+  p.add_argument("--eval", action="store_true", help="time the evaluation transform (resize + centre crop)")
   p.add_argument("--json", action="store_true")
-  p.add_argument("--sides", default=",".join(SIDES), help=f"which of {', '.join(SIDES)} to run (comma-separated)")
+  p.add_argument("--sides", help=f"which of {', '.join(SIDES)} to run (comma-separated; default: all, "
+                 f"with --eval: {', '.join(EVAL_SIDES)})")
   p.add_argument("--side", choices=tuple(SIDES), help=argparse.SUPPRESS)  # one side, in this process
   args = p.parse_args(argv)
+  table = EVAL_SIDES if args.eval else SIDES
+  if args.eval and args.augment:
+    p.error("--augment is for the training transform; leave it out with --eval")
   if args.side:
-    print(SIDES[args.side](args))
+    print(table[args.side](args))
     return True
-  sides = [x.strip() for x in args.sides.split(",") if x.strip()]
-  unknown = [x for x in sides if x not in SIDES]
+  sides = [x.strip() for x in (args.sides or ",".join(table)).split(",") if x.strip()]
+  unknown = [x for x in sides if x not in table]
   if unknown:
-    p.error(f"unknown --sides {unknown}; choose from {', '.join(SIDES)}")
+    p.error(f"unknown --sides {unknown}; choose from {', '.join(table)}")
   tmp = None
   root = args.dir
   if root is None:
     tmp = tempfile.TemporaryDirectory()
     root = write_jpegs(tmp.name, args.files)
   row = {"images": args.images, "batch": args.batch, "size": args.size, "cores": os.cpu_count(),
-         "workers": args.workers, "augment": args.augment}
+         "workers": args.workers, "augment": args.augment, "transform": "eval" if args.eval else "train"}
   runs = {name: [] for name in sides}
   for _ in range(max(1, args.repeats)):  # in turns, so a slow spell of the machine hits every side alike
     for name in sides:
