@@ -39,8 +39,8 @@ No collapse: at the end teacher entropy 2.51 (of log 256 = 5.55) with
 marginal entropy 5.31 (the batch still uses the prototypes evenly), teacher
 feature std 0.116. `python eval.py` on the same workdir: linear probe top-1
 0.878 (cls1, lr 1; the same probe on the random-init network: 0.672, measured
-before the PIL resize; 0.894
-in the run before the crops became uint8 and the blur shifted slices).
+before the PIL resize; 0.894 in the run before the crops became uint8 and the
+blur shifted slices).
 A random network is a fair kNN baseline here (raw pixels: 0.97), so the gain
 is the network's own. tests/test_ssl_eval.py runs a shorter version.
 """

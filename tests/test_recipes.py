@@ -218,9 +218,28 @@ def test_published_recipe_configs_say_what_torchvision_trains():
   assert (c.train.mixup_alpha, c.train.cutmix_alpha, c.train.label_smoothing) == (0.2, 1.0, 0.1)
   assert (c.data.augment, c.data.repeated_augment) == ("trivialaugment+erasing(p=0.1)", 4)
   assert (c.data.image_size, c.data.eval_image_size, round(c.data.eval_image_size / c.data.crop_pct)) == (176, 224, 232)
+  assert c.data.interpolation == "bilinear"
   assert c.train.ema_every == 32 and abs(c.train.ema_decay - (1 - 2e-5 * 1024 * 32 / 600)) < 1e-12
   v = vit_b16_imagenet.get_config("recipe=torchvision,batch=4096")
   validate(v, 8)
+  assert v.data.interpolation == "bilinear" and vit_b16_imagenet.get_config().data.interpolation == "bicubic"  # DeiT
   assert (v.optim.lr, v.optim.weight_decay, v.train.label_smoothing, v.optim.warmup_epochs) == (3e-3, 0.3, 0.11, 30.0)
   assert (v.train.mixup_alpha, v.train.cutmix_alpha, v.data.repeated_augment) == (0.2, 1.0, 3)
   assert v.data.augment == "randaugment(n=2,m=9)" and v.optim.decay_norm_and_bias and v.optim.grad_clip_norm == 1.0
+
+
+def test_imagenet_configs_evaluate_with_their_recipes_transform():
+  """(shorter side before the 224 crop, filter): torchvision's swin_t weights, the TF EfficientNet reference
+  (size + 32), ConvNeXt's and DINOv2's repositories (256, bicubic)."""
+  import convnext_tiny_imagenet
+  import dinov2_vits14_imagenet
+  import efficientnet_b0_imagenet
+  import swin_t_imagenet
+  from vision.data.preprocess import resize_size
+  expected = {swin_t_imagenet: (232, "bicubic"), efficientnet_b0_imagenet: (256, "bicubic"),
+              convnext_tiny_imagenet: (256, "bicubic"), dinov2_vits14_imagenet: (256, "bicubic")}
+  for module, want in expected.items():
+    d = module.get_config().data
+    assert (resize_size(d.image_size, d.crop_pct), d.interpolation) == want, module.__name__
+  d = efficientnet_b0_imagenet.get_config("model=efficientnet_b3").data
+  assert (d.image_size, resize_size(d.image_size, d.crop_pct)) == (300, 332)

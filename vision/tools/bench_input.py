@@ -92,6 +92,7 @@ def ours_eval(root, images, batch, size):
 def torchvision_eval(root, images, batch, size, workers):
   import torch
   from torchvision import datasets, transforms
+
   from vision.data.preprocess import resize_size
   t = transforms.Compose([transforms.Resize(resize_size(size, 0.875)), transforms.CenterCrop(size),
                           transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
