@@ -66,6 +66,12 @@ def _timed(batches, images, batch):
   return n / (time.perf_counter() - start)
 
 
+def _endless(loader):
+  """A DataLoader's batches, epoch after epoch."""
+  while True:
+    yield from loader
+
+
 def ours(root, images, batch, size, uint8=True, augment=""):
   from vision.data import pipeline
   from vision.train.config import default_config
@@ -98,11 +104,7 @@ def torchvision_eval(root, images, batch, size, workers):
                           transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
   loader = torch.utils.data.DataLoader(datasets.ImageFolder(os.path.join(root, "train"), t), batch_size=batch,
                                        num_workers=workers, persistent_workers=workers > 0)
-
-  def forever():
-    while True:
-      yield from loader
-  return _timed(forever(), images, batch)
+  return _timed(_endless(loader), images, batch)
 
 
 def torchvision_transforms(spec, uint8):
@@ -137,11 +139,7 @@ def torchvision_loader(root, images, batch, size, workers, uint8=False, augment=
   t = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()] + before + tail)
   loader = torch.utils.data.DataLoader(datasets.ImageFolder(os.path.join(root, "train"), t), batch_size=batch,
                                        shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
-
-  def forever():
-    while True:
-      yield from loader
-  return _timed(forever(), images, batch)
+  return _timed(_endless(loader), images, batch)
 
 
 SIDES = {"ours": lambda a: ours(a.dir, a.images, a.batch, a.size, augment=a.augment),
