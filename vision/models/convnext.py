@@ -18,7 +18,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vision.models.layers import ClassifierHead, DropPath, drop_path_rates
+from vision.models.layers import ClassifierHead, DropPath, drop_path_rates, remat
 from vision.models.registry import register_model
 
 _init = nn.initializers.truncated_normal(0.02)  # torchvision: trunc_normal_(std=0.02), zero bias
@@ -52,6 +52,7 @@ class ConvNeXt(nn.Module):
   drop_path_rate: float = 0.1  # torchvision's stochastic_depth_prob
   layer_scale: float = 1e-6
   num_classes: int = 1000
+  remat: bool = False  # recompute each block's activations in the backward pass (layers.remat)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -66,7 +67,7 @@ class ConvNeXt(nn.Module):
         x = nn.Conv(dim, (2, 2), (2, 2), padding=((0, 0), (0, 0)), dtype=self.dtype, kernel_init=_init,
                     name=f"features_{2 * s}_1")(x)
       for j in range(depth):
-        x = CNBlock(next(rates), self.layer_scale, self.dtype, name=f"features_{2 * s + 1}_{j}")(x, train)
+        x = remat(CNBlock, self.remat)(next(rates), self.layer_scale, self.dtype, name=f"features_{2 * s + 1}_{j}")(x, train)
       self.sow("intermediates", f"stage{s + 1}", x)
     x = _layer_norm(self.dtype, "classifier_0")(jnp.mean(x, axis=(1, 2)))
     return ClassifierHead(self.num_classes, dtype=self.dtype, kernel_init=_init,

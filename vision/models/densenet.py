@@ -13,7 +13,7 @@ features_norm5, and the head's 'classifier'. Dense block outputs are sown as
 'intermediates/stage{1..4}' (the last after norm5 + ReLU).
 Departures: the classifier bias uses PyTorch's default uniform init
 (torchvision zeroes it); torchvision's memory_efficient checkpointing is not
-offered (wrap with nn.remat if activation memory matters).
+offered; `remat=True` recomputes each dense layer in the backward pass instead (layers.remat).
 """
 import functools
 from typing import Sequence
@@ -21,7 +21,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vision.models.layers import BatchNorm, ClassifierHead
+from vision.models.layers import BatchNorm, ClassifierHead, remat
 from vision.models.registry import register_model
 
 # torchvision: nn.init.kaiming_normal_(conv.weight), i.e. fan_in, ReLU gain.
@@ -68,6 +68,7 @@ class DenseNet(nn.Module):
   bn_size: int = 4
   drop_rate: float = 0.0
   num_classes: int = 1000
+  remat: bool = False  # recompute each block's activations in the backward pass (layers.remat)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -79,7 +80,7 @@ class DenseNet(nn.Module):
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for i, num_layers in enumerate(self.block_config):
       for j in range(num_layers):
-        x = DenseLayer(self.growth_rate, self.bn_size, self.drop_rate, self.dtype,
+        x = remat(DenseLayer, self.remat)(self.growth_rate, self.bn_size, self.drop_rate, self.dtype,
                        name=f"features_denseblock{i + 1}_denselayer{j + 1}")(x, train)
       if i == len(self.block_config) - 1:
         x = nn.relu(norm(name="features_norm5")(x))

@@ -21,7 +21,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vision.models.layers import ClassifierHead, DropPath, SqueezeExcite
+from vision.models.layers import ClassifierHead, DropPath, SqueezeExcite, remat
 from vision.models.mobilenet import conv_bn, make_divisible
 from vision.models.registry import register_model
 
@@ -75,6 +75,7 @@ class EfficientNet(nn.Module):
   bn_eps: float = 1e-5
   bn_momentum: float = 0.9  # flax convention: 1 - torch momentum
   num_classes: int = 1000
+  remat: bool = False  # recompute each block's activations in the backward pass (layers.remat)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -92,7 +93,7 @@ class EfficientNet(nn.Module):
         if stride == 2:
           self.sow("intermediates", f"stage{level}", x)
           level += 1
-        x = MBConv(t, k, stride, c_out, self.drop_path_rate * block_id / total, dtype=self.dtype,
+        x = remat(MBConv, self.remat)(t, k, stride, c_out, self.drop_path_rate * block_id / total, dtype=self.dtype,
                    name=f"features_{i}_{j}", **bn)(x, train)
         block_id += 1
     x = conv_bn(x, 4 * x.shape[-1], 1, act=nn.silu, train=train, name=f"features_{len(stages) + 1}",

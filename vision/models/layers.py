@@ -37,6 +37,17 @@ class DropPath(nn.Module):
     return jnp.where(mask, x / keep, 0).astype(x.dtype)
 
 
+def remat(block, enabled: bool = True):
+  """`block` (a Module class), or with `enabled` its lifted jax.checkpoint (nn.remat).
+
+  Rematerialisation: the block's activations are recomputed in the backward pass instead of kept from the
+  forward, so only its input stays in memory between the two (about one more forward of compute). The
+  parameter tree, the outputs and the gradients are the same (tests/test_remat.py). The block is called as
+  block(x, train) with `train` positional: it is static (it picks BatchNorm's and dropout's mode).
+  """
+  return nn.remat(block, static_argnums=(2,)) if enabled else block
+
+
 def drop_path_rates(max_rate: float, num_blocks: int):
   """Linear decay with depth (Huang et al. 2016): block i gets max_rate * i / (n - 1)."""
   if num_blocks <= 1:

@@ -20,7 +20,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vision.models.layers import BatchNorm, ClassifierHead, SqueezeExcite, conv_kernel_init
+from vision.models.layers import BatchNorm, ClassifierHead, SqueezeExcite, conv_kernel_init, remat
 from vision.models.registry import register_model
 
 
@@ -118,6 +118,7 @@ class MobileNetV2(nn.Module):
   width_mult: float = 1.0
   num_classes: int = 1000
   dropout: float = 0.2
+  remat: bool = False  # recompute each block's activations in the backward pass (layers.remat)
   dtype: jnp.dtype = jnp.float32
 
   # (expansion t, channels c, repeats n, first stride s) from the paper's Table 2.
@@ -135,7 +136,7 @@ class MobileNetV2(nn.Module):
         if stride == 2:
           self.sow("intermediates", f"stage{level}", x)
           level += 1
-        x = InvertedResidualV2(make_divisible(c * self.width_mult), stride, t, self.dtype,
+        x = remat(InvertedResidualV2, self.remat)(make_divisible(c * self.width_mult), stride, t, self.dtype,
                                name=f"features_{i}")(x, train)
         i += 1
     x = conv_bn(x, make_divisible(1280 * max(1.0, self.width_mult)), 1, act=nn.relu6, train=train,
@@ -200,6 +201,7 @@ class MobileNetV3(nn.Module):
   width_mult: float = 1.0
   num_classes: int = 1000
   dropout: float = 0.2
+  remat: bool = False  # recompute each block's activations in the backward pass (layers.remat)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -212,7 +214,7 @@ class MobileNetV3(nn.Module):
       if stride == 2:
         self.sow("intermediates", f"stage{level}", x)
         level += 1
-      x = InvertedResidualV3(k, adjust(exp), adjust(out), se, act, stride, self.dtype,
+      x = remat(InvertedResidualV3, self.remat)(k, adjust(exp), adjust(out), se, act, stride, self.dtype,
                              name=f"features_{i}")(x, train)
     x = conv_bn(x, 6 * x.shape[-1], 1, act=nn.hard_swish, train=train,
                 name=f"features_{len(self.setting) + 1}", dtype=self.dtype, **_V3_BN)

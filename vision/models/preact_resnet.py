@@ -32,7 +32,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vision.models.layers import BatchNorm, ClassifierHead, DropPath, drop_path_rates
+from vision.models.layers import BatchNorm, ClassifierHead, DropPath, drop_path_rates, remat
 from vision.models.registry import register_model
 from vision.models.resnet import _conv
 
@@ -96,6 +96,7 @@ class PreActResNet(nn.Module):
   stride_in_1x1: bool = False
   dropout_rate: float = 0.0  # inside each unit, before its last conv (WRN)
   drop_path_rate: float = 0.0
+  remat: bool = False  # recompute each block's activations in the backward pass (layers.remat)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -109,9 +110,9 @@ class PreActResNet(nn.Module):
     else:
       raise ValueError(f"unknown stem {self.stem!r}: use 'imagenet' or 'cifar'")
     if self.block == "basic":
-      make = functools.partial(PreActBasic, dropout_rate=self.dropout_rate, dtype=self.dtype)
+      make = functools.partial(remat(PreActBasic, self.remat), dropout_rate=self.dropout_rate, dtype=self.dtype)
     elif self.block == "bottleneck":
-      make = functools.partial(PreActBottleneck, stride_in_1x1=self.stride_in_1x1,
+      make = functools.partial(remat(PreActBottleneck, self.remat), stride_in_1x1=self.stride_in_1x1,
                                dropout_rate=self.dropout_rate, dtype=self.dtype)
     else:
       raise ValueError(f"unknown block {self.block!r}: use 'basic' or 'bottleneck'")

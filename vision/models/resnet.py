@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vision.models.layers import (BatchNorm, ClassifierHead, DropPath, SqueezeExcite, conv_kernel_init,
-                                  drop_path_rates)
+                                  drop_path_rates, remat)
 from vision.models.registry import register_model
 
 
@@ -86,6 +86,7 @@ class ResNet(nn.Module):
   drop_path_rate: float = 0.0
   zero_init_residual: bool = False
   se_reduction: int = 0  # bottleneck blocks only; 16 gives SE-ResNet / SE-ResNeXt
+  remat: bool = False  # recompute each block's activations in the backward pass (layers.remat)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -100,7 +101,8 @@ class ResNet(nn.Module):
     x = nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))
     if self.stem == "imagenet":
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    block_cls = {"basic": BasicBlock, "bottleneck": functools.partial(Bottleneck, se_reduction=self.se_reduction)}[
+    block_cls = {"basic": remat(BasicBlock, self.remat),
+                 "bottleneck": functools.partial(remat(Bottleneck, self.remat), se_reduction=self.se_reduction)}[
         self.block]
     rates = iter(drop_path_rates(self.drop_path_rate, sum(self.stage_sizes)))
     for i, n in enumerate(self.stage_sizes):

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vision.models.layers import ClassifierHead, DropPath, drop_path_rates, torch_bias_init, torch_linear_init
+from vision.models.layers import ClassifierHead, DropPath, drop_path_rates, remat, torch_bias_init, torch_linear_init
 from vision.models.registry import register_model
 
 # torchvision: trunc_normal_(std=0.02) on Linear weights (cut at +-2 absolute, i.e. 100 sigma), zero bias.
@@ -164,6 +164,7 @@ class SwinTransformer(nn.Module):
   num_classes: int = 1000
   dtype: jnp.dtype = jnp.float32
   attn_implementation: str | None = None  # jax.nn.dot_product_attention's: None, 'xla', 'cudnn'
+  remat: bool = False  # recompute each block's activations in the backward pass (layers.remat)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -177,7 +178,7 @@ class SwinTransformer(nn.Module):
       if s > 0:
         x = PatchMerging(self.dtype, name=f"features_{2 * s}")(x)
       for j in range(depth):
-        x = SwinBlock(heads, self.window_size, 0 if j % 2 == 0 else self.window_size // 2, self.mlp_ratio,
+        x = remat(SwinBlock, self.remat)(heads, self.window_size, 0 if j % 2 == 0 else self.window_size // 2, self.mlp_ratio,
                       self.dropout, next(rates), self.dtype, self.attn_implementation,
                       name=f"features_{2 * s + 1}_{j}")(x, train)
       self.sow("intermediates", f"stage{s + 1}", x)

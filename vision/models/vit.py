@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vision.models.layers import ClassifierHead, DropPath, drop_path_rates, torch_bias_init, torch_linear_init
+from vision.models.layers import ClassifierHead, DropPath, drop_path_rates, remat, torch_bias_init, torch_linear_init
 from vision.models.registry import register_model
 
 # timm: trunc_normal_(std=.02) with absolute bounds +-2, i.e. 100 sigma: a plain N(0, 0.02). Zero biases.
@@ -233,6 +233,7 @@ class VisionTransformer(nn.Module):
   drop_path_rate: float = 0.0
   drop_path_uniform: bool = False  # every block at drop_path_rate (DINOv2's drop_path_uniform) instead of linear
   attn_implementation: str | None = None  # jax.nn.dot_product_attention(implementation=...): 'xla', 'cudnn'
+  remat: bool = False  # recompute each block's activations in the backward pass (layers.remat)
   num_classes: int = 1000
   dtype: jnp.dtype = jnp.float32
 
@@ -253,7 +254,8 @@ class VisionTransformer(nn.Module):
       self.mask_token = self.param("mask_token", nn.initializers.zeros, (1, d))
     rates = [self.drop_path_rate] * self.depth if self.drop_path_uniform else \
         drop_path_rates(self.drop_path_rate, self.depth)
-    self.blocks = [Block(self.num_heads, int(d * self.mlp_ratio), self.qkv_bias, self.init_values, self.swiglu,
+    block = remat(Block, self.remat)
+    self.blocks = [block(self.num_heads, int(d * self.mlp_ratio), self.qkv_bias, self.init_values, self.swiglu,
                          rates[i], self.dtype, self.attn_implementation) for i in range(self.depth)]
     if self.global_pool == "avg":
       self.fc_norm = _layer_norm(self.dtype)
@@ -322,7 +324,7 @@ class VisionTransformer(nn.Module):
     take = set(range(self.depth - n, self.depth)) if isinstance(n, int) else {i % self.depth for i in n}
     x, outs = self._embed(x), []
     for i, block in enumerate(self.blocks):
-      x = block(x)
+      x = block(x, False)
       if i in take:
         outs.append(self._final_norm(x) if norm else x)
     return tuple(outs)
