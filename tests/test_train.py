@@ -155,6 +155,7 @@ import jax, jax.numpy as jnp, numpy as np
 from vision.train import checkpoint, config, loop, mesh, optim, steps, writers
 from vision.evaluators import classification
 from vision.models import create_model
+from vision.tools import bench, bench_suite  # the GPU benchmarks run where TensorFlow is not installed
 model = create_model('lenet5', num_classes=10)
 o = config.default_config().optim
 tx = optim.make_optimizer(o, 0.1)

@@ -18,8 +18,24 @@ reports it (GPU, TPU), else XLA's argument + temporary buffer sizes of the step.
 --torch runs vision/tools/bench_torch.py (torchvision/timm, AMP, channels_last,
 optionally torch.compile) on the same device and batch in a subprocess and
 prints the ratio.
+
+The performance tools, each switchable so that each can be measured on its own:
+--dtype (bfloat16 compute, float32 params), --no-donate (the state is copied
+instead of updated in place), --remat (each block's activations recomputed in
+the backward pass, vision/models/layers.py:remat), --uint8 (uint8 batches
+normalised in the step, as data.uint8_batches), --feed host (each step's batch
+comes from host memory through vision/train/mesh.py:prefetch_to_device, --prefetch
+batches ahead, as in train.py) and --sync-every N (results blocked on every N
+steps, as the loop fetches its metrics every train.log_every steps; the step time
+is then a window's time / N). XLA flags: set XLA_FLAGS for the run. Train mode
+also reports the bytes the forward pass keeps for the backward pass (its
+residuals: activations and the weights the backward reads; from jax.vjp under
+jax.eval_shape, so independent of the backend; before XLA's fusion, which may
+recompute cheap elementwise values in the backward and keep less), which --remat
+shrinks; --saved-only reports just that, without compiling.
 """
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -35,7 +51,7 @@ from vision.errors import UserError
 from vision.models import create_model, list_models, model_info
 from vision.train import mesh as mesh_lib
 from vision.train import optim, steps
-from vision.train.config import default_config
+from vision.train.config import IMAGENET_MEAN, IMAGENET_STD, default_config
 
 # Dense peak TFLOP/s by jax device_kind substring: (bfloat16, float32). Vendor datasheets (dense, no sparsity).
 PEAKS = {"H100": (989.0, 67.0), "H200": (989.0, 67.0), "A100": (312.0, 19.5), "L4": (121.0, 30.3),
@@ -57,10 +73,33 @@ def _optimizer(name: str):
   return optim.make_optimizer(o, o.lr)
 
 
+def residual_bytes(fn, params, *args) -> int:
+  """Bytes that differentiating fn(params, *args) with respect to params keeps from the forward pass for the
+  backward (jax.vjp's residuals, found under jax.eval_shape: nothing is computed; ShapeDtypeStructs do)."""
+  res = jax.eval_shape(lambda p, *a: jax.vjp(lambda q: fn(q, *a), p)[1], params, *args)
+  return int(sum(np.prod(x.shape, dtype=np.int64) * x.dtype.itemsize for x in jax.tree.leaves(res)))
+
+
+def _host_batches(shape, image_dtype, num_classes, pool=3):
+  """Endless numpy batches (a pool of `pool` random ones, cycled): what the input pipeline hands over."""
+  rng = np.random.default_rng(0)
+  make = lambda: {"image": (rng.integers(0, 256, shape, np.uint8) if image_dtype == np.uint8
+                            else rng.standard_normal(shape, np.float32)),
+                  "label": rng.integers(0, num_classes, shape[:1]).astype(np.int32)}
+  return itertools.cycle([make() for _ in range(pool)])
+
+
 def bench(model_name: str, batch: int, dtype: str = "float32", mode: str = "train", image_size: int | None = None,
           steps_timed: int = 20, warmup: int = 3, optimizer: str = "sgd", peak_tflops: float | None = None,
-          num_classes: int = 1000, **model_kwargs) -> dict:
-  """One benchmark row (a dict of JSON-ready numbers)."""
+          num_classes: int = 1000, donate: bool = True, uint8: bool = False, feed: str = "device",
+          prefetch: int = 2, sync_every: int = 1, saved_only: bool = False, **model_kwargs) -> dict:
+  """One benchmark row (a dict of JSON-ready numbers). See the module docstring for the switches."""
+  if mode not in ("train", "infer"):
+    raise UserError(f"--mode {mode!r} is 'train' or 'infer'")
+  if feed not in ("device", "host"):
+    raise UserError(f"--feed {feed!r} is 'device' or 'host'")
+  if sync_every < 1 or steps_timed < sync_every:
+    raise UserError(f"--sync-every {sync_every} must be between 1 and --steps {steps_timed}")
   info = model_info(model_name)
   size = image_size or info.default_image_size
   mesh = mesh_lib.make_mesh()
@@ -73,24 +112,47 @@ def bench(model_name: str, batch: int, dtype: str = "float32", mode: str = "trai
   abstract = jax.eval_shape(lambda r: steps.init_state(model, tx, r, (1,) + shape[1:]), jax.random.key(0))
   state_sharding = mesh_lib.state_shardings(abstract, mesh)
   batch_sharding = mesh_lib.batch_sharding(mesh)
+  normalize = (IMAGENET_MEAN[:info.in_channels], IMAGENET_STD[:info.in_channels]) if uint8 else None
+
+  def loss(params, batch_stats, images):  # what the train step differentiates
+    variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+    logits, _ = model.apply(variables, steps.normalize_images(images, *(normalize or (None, None))), train=True,
+                            rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats", "intermediates"])
+    return jnp.mean(steps.cross_entropy(logits, jnp.arange(batch) % num_classes, num_classes))
+  saved = residual_bytes(loss, abstract.params, abstract.batch_stats,
+                         jax.ShapeDtypeStruct(shape, jnp.uint8 if uint8 else jnp.float32)) if mode == "train" else None
+  common = {"model": model_name, "mode": mode, "batch": batch, "image_size": size, "dtype": dtype,
+            "saved_for_backward_gb": saved / 2**30 if saved is not None else None,
+            "variant": variant_name(donate, uint8, feed, prefetch, sync_every, model_kwargs)}
+  if saved_only:
+    return common
   state = jax.jit(lambda r: steps.init_state(model, tx, r, (1,) + shape[1:]), out_shardings=state_sharding)(
       jax.random.key(0))
-  data = {"image": jax.device_put(jax.random.normal(jax.random.key(1), shape, jnp.float32), batch_sharding),
-          "label": jax.device_put(jnp.arange(batch, dtype=jnp.int32) % num_classes, batch_sharding)}
-  if mode == "train":
-    fn = jax.jit(steps.make_train_step(model, tx, num_classes), in_shardings=(state_sharding, batch_sharding),
-                 out_shardings=(state_sharding, None), donate_argnums=0)
-    args = (state, data)
-  elif mode == "infer":
-    variables = steps.model_variables(state)
-    fn = jax.jit(lambda v, x: model.apply({k: t for k, t in v.items() if t}, x, train=False),
-                 in_shardings=(steps.model_variables(state_sharding), batch_sharding))
-    args = (variables, data["image"])
+  if feed == "host":
+    batches = mesh_lib.prefetch_to_device(_host_batches(shape, np.uint8 if uint8 else np.float32, num_classes),
+                                          batch_sharding, prefetch)
   else:
-    raise UserError(f"--mode {mode!r} is 'train' or 'infer'")
+    image = jax.random.normal(jax.random.key(1), shape, jnp.float32)
+    if uint8:
+      image = jnp.clip(image * 64 + 128, 0, 255).astype(jnp.uint8)
+    data = {"image": jax.device_put(image, batch_sharding),
+            "label": jax.device_put(jnp.arange(batch, dtype=jnp.int32) % num_classes, batch_sharding)}
+    batches = itertools.repeat(data)
+  data = next(batches)
+  if mode == "train":
+    fn = jax.jit(steps.make_train_step(model, tx, num_classes, normalize=normalize),
+                 in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None),
+                 donate_argnums=0 if donate else ())
+    args = lambda state, data: (state, data)
+  else:
+    fn = jax.jit(lambda v, x: model.apply({k: t for k, t in v.items() if t},
+                                          steps.normalize_images(x, *(normalize or (None, None))), train=False),
+                 in_shardings=(steps.model_variables(state_sharding), batch_sharding))
+    variables = steps.model_variables(state)
+    args = lambda state, data: (variables, data["image"])
 
   start = time.perf_counter()
-  compiled = fn.lower(*args).compile()
+  compiled = fn.lower(*args(state, data)).compile()
   compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -98,15 +160,21 @@ def bench(model_name: str, batch: int, dtype: str = "float32", mode: str = "trai
   device_flops = float((cost or {}).get("flops", float("nan")))
   memory = compiled.memory_analysis()
 
-  times = []
-  for i in range(warmup + steps_timed):
+  def run(n):
+    """n steps dispatched back to back, then blocked on: seconds per step."""
+    nonlocal state, data
     start = time.perf_counter()
-    out = compiled(*args)
+    for _ in range(n):
+      out = compiled(*args(state, data))
+      if mode == "train":
+        state = out[0]  # the donated state comes back
+      data = next(batches)
     jax.block_until_ready(out)
-    if mode == "train":
-      args = (out[0], data)  # the donated state comes back
-    if i >= warmup:
-      times.append(time.perf_counter() - start)
+    return (time.perf_counter() - start) / n
+
+  for _ in range(warmup):
+    run(1)
+  times = [run(sync_every) for _ in range(steps_timed // sync_every)]
   step_s = statistics.median(times)
   stats = jax.devices()[0].memory_stats() or {}
   peak_bytes = stats.get("peak_bytes_in_use") or (
@@ -114,25 +182,37 @@ def bench(model_name: str, batch: int, dtype: str = "float32", mode: str = "trai
       if memory is not None else None)
   peak = peak_tflops or device_peak_tflops(dtype)
   achieved = device_flops / step_s / 1e12  # per device, like the peak
-  return {"model": model_name, "mode": mode, "batch": batch, "image_size": size, "dtype": dtype,
-          "devices": n_dev, "device_kind": jax.devices()[0].device_kind, "images_per_sec": batch / step_s,
+  return {**common, "devices": n_dev, "device_kind": jax.devices()[0].device_kind, "images_per_sec": batch / step_s,
           "step_ms": step_s * 1e3, "step_ms_p10": float(np.percentile(times, 10)) * 1e3,
           "step_ms_p90": float(np.percentile(times, 90)) * 1e3, "compile_s": compile_s,
           "gflops_per_step": device_flops * n_dev / 1e9, "achieved_tflops": achieved, "peak_tflops": peak,
           "mfu": achieved / peak if peak else None, "peak_memory_gb": peak_bytes / 2**30 if peak_bytes else None,
           "memory_source": "device" if stats.get("peak_bytes_in_use") else "xla_buffers",
-          "jax": jax.__version__}
+          "remat": bool(model_kwargs.get("remat")), "donate": donate, "uint8": uint8, "feed": feed,
+          "prefetch": prefetch if feed == "host" else None, "sync_every": sync_every,
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__}
+
+
+def variant_name(donate, uint8, feed, prefetch, sync_every, model_kwargs) -> str:
+  """The switches that differ from the defaults, e.g. 'remat,uint8,host/prefetch2' ('' for none)."""
+  parts = [f"{k}={v}" if k != "remat" else "remat" for k, v in sorted(model_kwargs.items()) if v]
+  parts = [p.replace("attn_implementation", "attn") for p in parts]
+  parts += ["no-donate"] * (not donate) + ["uint8"] * uint8 + [f"host/prefetch{prefetch}"] * (feed == "host")
+  return ",".join(parts + [f"sync{sync_every}"] * (sync_every > 1))
 
 
 def format_rows(rows: list[dict]) -> str:
-  cols = [("model", "model", "{}"), ("mode", "mode", "{}"), ("batch", "batch", "{}"), ("dtype", "dtype", "{}"),
+  cols = [("model", "model", "{}"), ("variant", "variant", "{}"), ("mode", "mode", "{}"), ("batch", "batch", "{}"),
+          ("dtype", "dtype", "{}"),
           ("images_per_sec", "img/s", "{:,.1f}"), ("step_ms", "step ms", "{:.1f}"), ("compile_s", "compile s", "{:.1f}"),
           ("gflops_per_step", "GFLOP/step", "{:,.1f}"), ("mfu", "MFU", "{:.1%}"), ("peak_memory_gb", "mem GB", "{:.2f}"),
+          ("saved_for_backward_gb", "saved GB", "{:.3g}"),
           ("torch_images_per_sec", "torch img/s", "{:,.1f}"), ("ratio", "ours/torch", "{:.2f}")]
-  cols = [c for c in cols if any(r.get(c[0]) is not None for r in rows)]
+  cols = [c for c in cols if any(r.get(c[0]) not in (None, "") for r in rows)]
   body = [[("-" if r.get(k) is None else f.format(r[k])) for k, _, f in cols] for r in rows]
   widths = [max(len(h), *(len(b[i]) for b in body)) for i, (_, h, _) in enumerate(cols)]
-  line = lambda cells: "  ".join(c.rjust(w) if i > 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+  left = sum(1 for k, _, _ in cols if k in ("model", "variant", "mode", "batch", "dtype"))
+  line = lambda cells: "  ".join(c.rjust(w) if i >= left else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
   return "\n".join([line([h for _, h, _ in cols])] + [line(b) for b in body])
 
 
@@ -163,6 +243,15 @@ def main(argv=None):
   p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
   p.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known accelerators)")
   p.add_argument("--attn", help="ViT/Swin attention implementation: xla or cudnn")
+  p.add_argument("--remat", action="store_true", help="recompute each block's activations in the backward pass")
+  p.add_argument("--no-donate", action="store_true", help="do not donate the train state to the step")
+  p.add_argument("--uint8", action="store_true", help="uint8 batches, normalised inside the step")
+  p.add_argument("--feed", default="device", choices=("device", "host"),
+                 help="device: one batch already on the device; host: numpy batches through prefetch_to_device")
+  p.add_argument("--prefetch", type=int, default=2, help="batches in flight to the device with --feed host")
+  p.add_argument("--sync-every", type=int, default=1, help="block on the results every N steps")
+  p.add_argument("--saved-only", action="store_true",
+                 help="only the bytes kept for the backward pass (jax.eval_shape: no compile, no steps)")
   p.add_argument("--torch", action="store_true", help="also run the PyTorch peer and print the ratio")
   p.add_argument("--torch-compile", action="store_true", help="the PyTorch peer uses torch.compile")
   p.add_argument("--json", help="write the rows here as JSON")
@@ -175,8 +264,11 @@ def main(argv=None):
     rows = []
     for name in names:
       kw = {"attn_implementation": args.attn} if args.attn else {}
+      if args.remat:
+        kw["remat"] = True
       row = bench(name, args.batch, dtype, args.mode, args.image_size, args.steps, args.warmup, args.optimizer,
-                  args.peak_tflops, **kw)
+                  args.peak_tflops, donate=not args.no_donate, uint8=args.uint8, feed=args.feed,
+                  prefetch=args.prefetch, sync_every=args.sync_every, saved_only=args.saved_only, **kw)
       if args.torch:
         row.update(torch_peer(row, args.torch_compile))
       rows.append(row)

@@ -1,0 +1,203 @@
+"""Issue 7's GPU measurements as one prepared, resumable run: ours and the PyTorch peers, then each tool alone.
+
+    python -m vision.tools.bench_suite --out $OUT --budget 540            # on the GPU machine
+    python -m vision.tools.bench_suite --out $OUT --budget 300 --resume   # a later call: the rest of the plan
+    python -m vision.tools.bench_suite --out /tmp/s --plan smoke          # the same driver on a CPU, tiny rows
+
+The plan is a list of stages in priority order. Each stage runs in a subprocess
+of its own (the PyTorch peers never share the GPU with a JAX process holding
+its memory; a stage's XLA_FLAGS stay its own; a crash or a timeout costs one
+stage), and appends one JSON line per finished row to OUT/rows.jsonl, so a run
+cut short by --budget or by the machine keeps what it measured. --resume skips
+the rows already there. Stages start while the budget lasts; the last one is
+stopped when it runs out. At the end OUT/report.md holds the table and the
+ratios: ours / the PyTorch peer, and each tool's variant / its baseline row
+(images/s and, for rematerialisation, memory). No TensorFlow is needed.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+# A row: (id, 'ours' | 'torch', keyword arguments of bench.bench / bench_torch.bench, what to compare it with).
+# 'peer' compares ours with PyTorch; 'baseline' compares a tool's variant with the row it switches from.
+_R50 = dict(model_name="resnet50", batch=256, dtype="bfloat16", optimizer="sgd")
+_VIT = dict(model_name="vit_base_patch16_224", batch=256, dtype="bfloat16", optimizer="adamw")
+_T50 = dict(model_name="resnet50", batch=256, dtype="bfloat16", optimizer="sgd")
+_TVIT = dict(model_name="vit_base_patch16_224", batch=256, dtype="bfloat16", optimizer="adamw")
+_LHS = "--xla_gpu_enable_latency_hiding_scheduler=true"
+
+GPU_PLAN = [
+    ("targets", "", [
+        ("r50", "ours", _R50, {"peer": "torch_r50_compile"}),
+        ("vit_cudnn", "ours", {**_VIT, "attn_implementation": "cudnn"}, {"peer": "timm_vit_compile"}),
+        ("vit_xla", "ours", {**_VIT, "attn_implementation": "xla"}, {"peer": "timm_vit_compile",
+                                                                      "baseline": "vit_cudnn"}),
+    ]),
+    ("torch_r50_compile", "", [("torch_r50_compile", "torch", {**_T50, "compile_": True}, {})]),
+    ("timm_vit_compile", "", [("timm_vit_compile", "torch", {**_TVIT, "compile_": True}, {})]),
+    ("torch_eager", "", [("torch_r50_eager", "torch", _T50, {}), ("timm_vit_eager", "torch", _TVIT, {})]),
+    ("tools", "", [
+        ("r50_remat", "ours", {**_R50, "remat": True}, {"baseline": "r50"}),
+        ("vit_remat", "ours", {**_VIT, "attn_implementation": "cudnn", "remat": True}, {"baseline": "vit_cudnn"}),
+        ("r50_uint8", "ours", {**_R50, "uint8": True}, {"baseline": "r50"}),
+        ("r50_no_donate", "ours", {**_R50, "donate": False}, {"baseline": "r50"}),
+        ("r50_host_prefetch2", "ours", {**_R50, "uint8": True, "feed": "host", "prefetch": 2},
+         {"baseline": "r50_uint8"}),
+        ("r50_host_prefetch0", "ours", {**_R50, "uint8": True, "feed": "host", "prefetch": 0},
+         {"baseline": "r50_host_prefetch2"}),
+        ("r50_sync10", "ours", {**_R50, "sync_every": 10, "steps_timed": 30}, {"baseline": "r50"}),
+        ("r50_fp32", "ours", {**_R50, "dtype": "float32"}, {"baseline": "r50"}),
+    ]),
+    ("xla_lhs", _LHS, [
+        ("r50_lhs", "ours", _R50, {"baseline": "r50"}),
+        ("vit_lhs", "ours", {**_VIT, "attn_implementation": "cudnn"}, {"baseline": "vit_cudnn"}),
+    ]),
+    ("infer", "", [
+        ("r50_infer", "ours", {**_R50, "mode": "infer"}, {"peer": "torch_r50_infer_compile"}),
+        ("torch_r50_infer_compile", "torch", {**_T50, "mode": "infer", "compile_": True}, {}),
+    ]),
+]
+
+# The same driver on a CPU in seconds (tests/test_bench.py): tiny rows, one stage with its own XLA flag.
+_LENET = dict(model_name="lenet5", batch=8, num_classes=10, steps_timed=4, warmup=1)
+SMOKE_PLAN = [
+    ("a", "", [("lenet", "ours", _LENET, {}),
+               ("lenet_uint8_sync2", "ours", {**_LENET, "uint8": True, "sync_every": 2}, {"baseline": "lenet"})]),
+    ("b", "--xla_cpu_enable_fast_math=false", [("lenet_flag", "ours", _LENET, {"baseline": "lenet"})]),
+]
+PLANS = {"gpu": GPU_PLAN, "smoke": SMOKE_PLAN}
+
+
+def read_rows(out_dir) -> dict:
+  """id -> row of OUT/rows.jsonl (the last line of an id wins)."""
+  path = os.path.join(out_dir, "rows.jsonl")
+  rows = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        if line.strip():
+          row = json.loads(line)
+          rows[row["id"]] = row
+  return rows
+
+
+def run_stage(plan, stage_name, out_dir, skip=()):
+  """Runs one stage's rows in this process, appending each to OUT/rows.jsonl as it finishes."""
+  _, _, items = next(s for s in plan if s[0] == stage_name)
+  for row_id, kind, kwargs, _ in items:
+    if row_id in skip:
+      continue
+    start = time.perf_counter()
+    try:
+      if kind == "ours":
+        from vision.tools import bench
+        kw = dict(kwargs)
+        row = bench.bench(kw.pop("model_name"), kw.pop("batch"), **kw)
+      else:
+        from vision.tools import bench_torch
+        kw = dict(kwargs)
+        row = bench_torch.bench(kw.pop("model_name"), kw.pop("batch"), **{
+            {"steps_timed": "steps"}.get(k, k): v for k, v in kw.items()})
+    except Exception as e:  # one row's failure (an OOM, an unknown flag's error) must not cost the others
+      row = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]}
+    row.update(id=row_id, kind=kind, stage=stage_name, wall_s=time.perf_counter() - start)
+    with open(os.path.join(out_dir, "rows.jsonl"), "a") as f:
+      f.write(json.dumps(row) + "\n")
+    print(f"[{stage_name}] {row_id}: " + (row.get("error") or f"{row['images_per_sec']:,.1f} img/s"), flush=True)
+
+
+def run_plan(plan_name, out_dir, budget_s, resume=False) -> str:
+  """Every stage that the budget lets start, each in a subprocess; returns the report (also in OUT/report.md)."""
+  plan = PLANS[plan_name]
+  os.makedirs(out_dir, exist_ok=True)
+  if not resume and os.path.exists(os.path.join(out_dir, "rows.jsonl")):
+    os.remove(os.path.join(out_dir, "rows.jsonl"))
+  deadline = time.monotonic() + budget_s
+  log = open(os.path.join(out_dir, "suite.log"), "a")
+  for name, flags, items in plan:
+    done = read_rows(out_dir)
+    if all(row_id in done and "error" not in done[row_id] for row_id, *_ in items):
+      continue
+    left = deadline - time.monotonic()
+    if left < 5:
+      print(f"[{name}] not started: the budget is spent", flush=True)
+      continue
+    env = dict(os.environ)
+    if flags:
+      env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
+    cmd = [sys.executable, "-m", "vision.tools.bench_suite", "--plan", plan_name, "--out", out_dir, "--stage", name]
+    try:
+      proc = subprocess.run(cmd, env=env, timeout=left, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      log.write(proc.stdout)
+      rows_done = [line for line in proc.stdout.splitlines() if line.startswith(f"[{name}]")]
+      print("\n".join(rows_done) or f"[{name}] no rows (see suite.log)", flush=True)
+      if proc.returncode:
+        print(f"[{name}] exited with status {proc.returncode} (see suite.log)", flush=True)
+    except subprocess.TimeoutExpired as e:
+      out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+      log.write(out)
+      print(f"[{name}] stopped: the budget ran out ({budget_s:.0f} s)", flush=True)
+    log.flush()
+  log.close()
+  report = format_report(plan, read_rows(out_dir))
+  with open(os.path.join(out_dir, "report.md"), "w") as f:
+    f.write(report + "\n")
+  return report
+
+
+def format_report(plan, rows) -> str:
+  """The rows as a markdown table, then the planned comparisons that both sides of were measured."""
+  fmt = lambda v, f: "-" if v is None else f.format(v)
+  lines = ["| id | model | variant | mode | batch | dtype | img/s | step ms | compile s | MFU | mem GB | saved GB |",
+           "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+  compare, missing = [], []
+  for name, flags, items in plan:
+    for row_id, kind, kwargs, against in items:
+      r = rows.get(row_id)
+      if r is None or "error" in r:
+        missing.append(f"{row_id} ({r['error'] if r else 'not run'})")
+        continue
+      variant = ("torch.compile" if r.get("compile") else "eager") if kind == "torch" else r.get("variant", "")
+      if flags:
+        variant = ",".join(filter(None, [variant, flags]))
+      mem = r.get("peak_memory_gb")
+      lines.append(f"| {row_id} | {r['model']} | {variant or '-'} | {r['mode']} | {r['batch']} | {r['dtype']} | "
+                   f"{r['images_per_sec']:,.1f} | {r['step_ms']:.1f} | "
+                   f"{fmt(r.get('compile_s', r.get('first_step_s')), '{:.1f}')} | {fmt(r.get('mfu'), '{:.1%}')} | "
+                   f"{fmt(mem, '{:.2f}')} | {fmt(r.get('saved_for_backward_gb'), '{:.3g}')} |")
+      for what, other_id in sorted(against.items()):
+        other = rows.get(other_id)
+        if other is None or "error" in other:
+          continue
+        text = f"- {row_id} / {other_id}: {r['images_per_sec'] / other['images_per_sec']:.2f}x images/s"
+        if other.get("peak_memory_gb") and mem:
+          text += f", {mem / other['peak_memory_gb']:.2f}x peak memory"
+        if r.get("saved_for_backward_gb") and other.get("saved_for_backward_gb"):
+          text += f", {r['saved_for_backward_gb'] / other['saved_for_backward_gb']:.2f}x saved for the backward"
+        compare.append(text + f" ({what})")
+  out = lines + ["", "Comparisons (same run):"] + (compare or ["- none measured"])
+  if missing:
+    out += ["", "Not measured: " + "; ".join(missing)]
+  return "\n".join(out)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(prog="python -m vision.tools.bench_suite", description=__doc__.splitlines()[0])
+  p.add_argument("--out", required=True, help="folder for rows.jsonl, suite.log and report.md")
+  p.add_argument("--plan", default="gpu", choices=sorted(PLANS))
+  p.add_argument("--budget", type=float, default=540.0, help="seconds; no stage starts after it, the last is stopped")
+  p.add_argument("--resume", action="store_true", help="keep OUT/rows.jsonl and skip its rows")
+  p.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
+  args = p.parse_args(argv)
+  if args.stage:
+    done = {k for k, r in read_rows(args.out).items() if "error" not in r}
+    run_stage(PLANS[args.plan], args.stage, args.out, skip=done)
+    return
+  print(run_plan(args.plan, args.out, args.budget, args.resume))
+
+
+if __name__ == "__main__":
+  main()
