@@ -108,3 +108,13 @@ def test_suite_report_compares_with_peers_and_baselines():
   assert "- a_remat / a: 0.80x images/s, 0.75x peak memory, 0.25x saved for the backward (baseline)" in report
   assert "| t | m | torch.compile |" in report and "| a_remat | m | remat |" in report
   assert "Not measured: b (XlaRuntimeError: RESOURCE_EXHAUSTED)" in report
+
+
+def test_dinov2_step_row_from_a_config():
+  from conftest import ROOT
+  row = bench.bench_dinov2(os.path.join(ROOT, "configs", "dinov2_digits.py"), steps_timed=2, warmup=1)
+  assert row["model"] == "vit_small_patch14_dinov2" and row["batch"] == 64 and row["variant"] == "dinov2 4x16+2x24"
+  for key in ("images_per_sec", "step_ms", "compile_s", "gflops_per_step", "peak_memory_gb"):
+    assert row[key] > 0 and math.isfinite(row[key]), key
+  with pytest.raises(bench.UserError, match="task is 'classification', not 'dinov2'"):
+    bench.bench_dinov2(os.path.join(ROOT, "configs", "lenet_digits.py"))

@@ -30,7 +30,7 @@ def fail(message: str, code: int = 2):
   sys.exit(code)
 
 
-def _load_config_file(spec: str):
+def load_config_file(spec: str):
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     fail(f"config file {path!r} does not exist; pass --config configs/<name>.py")
@@ -48,7 +48,7 @@ def _diagnose(argv, error: Exception):
   if spec is None:
     fail("missing --config; pass --config configs/<name>.py")
   try:
-    config = _load_config_file(spec)
+    config = load_config_file(spec)
   except SystemExit:
     raise
   except Exception as e:  # a typo inside the config file itself

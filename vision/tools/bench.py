@@ -3,6 +3,7 @@
     python -m vision.tools.bench --model resnet50 --batch 256 --dtype bfloat16
     python -m vision.tools.bench --models "resnet*" --batch 128 --mode infer --json runs/bench.json
     python -m vision.tools.bench --model vit_base_patch16_224 --batch 256 --attn cudnn --torch --torch-compile
+    python -m vision.tools.bench --dinov2 configs/dinov2_vits14_imagenet.py:batch=256
 
 Train mode times the real train step of vision/train/steps.py (forward,
 backward, optimizer update, BatchNorm statistics), jitted over all local
@@ -138,7 +139,6 @@ def bench(model_name: str, batch: int, dtype: str = "float32", mode: str = "trai
     data = {"image": jax.device_put(image, batch_sharding),
             "label": jax.device_put(jnp.arange(batch, dtype=jnp.int32) % num_classes, batch_sharding)}
     batches = itertools.repeat(data)
-  data = next(batches)
   if mode == "train":
     fn = jax.jit(steps.make_train_step(model, tx, num_classes, normalize=normalize),
                  in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None),
@@ -151,6 +151,18 @@ def bench(model_name: str, batch: int, dtype: str = "float32", mode: str = "trai
     variables = steps.model_variables(state)
     args = lambda state, data: (variables, data["image"])
 
+  row = measure(fn, args, state, batches, mode == "train", batch, n_dev, steps_timed, warmup, sync_every,
+                peak_tflops or device_peak_tflops(dtype))
+  return {**common, **row, "remat": bool(model_kwargs.get("remat")), "donate": donate, "uint8": uint8,
+          "feed": feed, "prefetch": prefetch if feed == "host" else None}
+
+
+def measure(fn, args, state, batches, carries_state, batch, n_dev, steps_timed, warmup, sync_every, peak) -> dict:
+  """Compiles fn(*args(state, batch)) and times it: the timing, FLOPs, MFU and memory part of a row.
+
+  carries_state: fn returns (new state, ...) and the next step takes the new state (a train step).
+  """
+  data = next(batches)
   start = time.perf_counter()
   compiled = fn.lower(*args(state, data)).compile()
   compile_s = time.perf_counter() - start
@@ -166,7 +178,7 @@ def bench(model_name: str, batch: int, dtype: str = "float32", mode: str = "trai
     start = time.perf_counter()
     for _ in range(n):
       out = compiled(*args(state, data))
-      if mode == "train":
+      if carries_state:
         state = out[0]  # the donated state comes back
       data = next(batches)
     jax.block_until_ready(out)
@@ -180,17 +192,59 @@ def bench(model_name: str, batch: int, dtype: str = "float32", mode: str = "trai
   peak_bytes = stats.get("peak_bytes_in_use") or (
       memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
       if memory is not None else None)
-  peak = peak_tflops or device_peak_tflops(dtype)
   achieved = device_flops / step_s / 1e12  # per device, like the peak
-  return {**common, "devices": n_dev, "device_kind": jax.devices()[0].device_kind, "images_per_sec": batch / step_s,
+  return {"devices": n_dev, "device_kind": jax.devices()[0].device_kind, "images_per_sec": batch / step_s,
           "step_ms": step_s * 1e3, "step_ms_p10": float(np.percentile(times, 10)) * 1e3,
           "step_ms_p90": float(np.percentile(times, 90)) * 1e3, "compile_s": compile_s,
           "gflops_per_step": device_flops * n_dev / 1e9, "achieved_tflops": achieved, "peak_tflops": peak,
           "mfu": achieved / peak if peak else None, "peak_memory_gb": peak_bytes / 2**30 if peak_bytes else None,
-          "memory_source": "device" if stats.get("peak_bytes_in_use") else "xla_buffers",
-          "remat": bool(model_kwargs.get("remat")), "donate": donate, "uint8": uint8, "feed": feed,
-          "prefetch": prefetch if feed == "host" else None, "sync_every": sync_every,
+          "memory_source": "device" if stats.get("peak_bytes_in_use") else "xla_buffers", "sync_every": sync_every,
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__}
+
+
+def bench_dinov2(config_spec: str, steps_timed: int = 20, warmup: int = 3, sync_every: int = 1,
+                 peak_tflops: float | None = None) -> dict:
+  """One row for a DINOv2 config's train step (student + EMA teacher + heads + losses, multi-crop, iBOT
+  masks), on synthetic uint8 crops already on the device, e.g.
+  'configs/dinov2_vits14_imagenet.py:batch=256'. The config's batch is the global batch."""
+  from vision import cli
+  from vision.data import masking  # numpy only
+  from vision.ssl import loop as ssl_loop
+  from vision.ssl import optim as ssl_optim
+  from vision.ssl import schedules
+  from vision.ssl import steps as ssl_steps
+  config = cli.load_config_file(config_spec)
+  if config.get("task") != "dinov2":
+    raise UserError(f"--dinov2 {config_spec}: the config's task is {config.get('task')!r}, not 'dinov2'")
+  t, s, d = config.train, config.ssl, config.data
+  mesh = mesh_lib.make_mesh()
+  n_dev = mesh.devices.size
+  if t.batch_size % n_dev:
+    raise UserError(f"the config's batch {t.batch_size} is not divisible by the {n_dev} devices")
+  nets = ssl_loop.build_networks(config)
+  sched = schedules.make_schedules(config, steps_per_epoch=1000, total_steps=100_000)
+  tx = ssl_optim.make_optimizer(config, sched)
+  init = lambda rng: ssl_steps.init_state(nets, tx, rng, s.global_crop_size, d.channels)
+  state_sharding = mesh_lib.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh, t.fsdp, t.fsdp_min_size)
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+  state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(0))
+  grid = s.global_crop_size // nets.backbone.patch_size
+  upper = masking.upper_bound(2 * t.batch_size // n_dev, grid * grid, s.mask_probability, tuple(s.mask_ratio))
+  step = ssl_steps.make_train_step(nets, tx, sched, s, n_dev, upper, mesh, normalize=(d.mean, d.std))
+  fn = jax.jit(step, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None),
+               donate_argnums=0)
+  rng = np.random.default_rng(0)
+  crops = lambda *shape: rng.integers(0, 256, (t.batch_size, *shape, d.channels), np.uint8)
+  batch = {"global_crops": crops(2, s.global_crop_size, s.global_crop_size),
+           "local_crops": crops(s.local_crops, s.local_crop_size, s.local_crop_size),
+           "masks": masking.batch_masks(0, 0, 0, t.batch_size, n_dev, 2, (grid, grid), s.mask_probability,
+                                        tuple(s.mask_ratio))}
+  batch = mesh_lib.to_global(batch, batch_sharding)
+  row = measure(fn, lambda state, data: (state, data), state, itertools.repeat(batch), True, t.batch_size, n_dev,
+                steps_timed, warmup, sync_every, peak_tflops or device_peak_tflops(config.model.dtype))
+  return {"model": config.model.name, "variant": f"dinov2 {s.local_crops}x{s.local_crop_size}+2x{s.global_crop_size}",
+          "mode": "train", "batch": t.batch_size, "image_size": s.global_crop_size, "dtype": config.model.dtype,
+          "config": config_spec, **row}
 
 
 def variant_name(donate, uint8, feed, prefetch, sync_every, model_kwargs) -> str:
@@ -252,6 +306,8 @@ def main(argv=None):
   p.add_argument("--sync-every", type=int, default=1, help="block on the results every N steps")
   p.add_argument("--saved-only", action="store_true",
                  help="only the bytes kept for the backward pass (jax.eval_shape: no compile, no steps)")
+  p.add_argument("--dinov2", metavar="CONFIG", help="a DINOv2 config's train step instead of a model's, e.g. "
+                 "configs/dinov2_vits14_imagenet.py:batch=256 (its batch, crops and model)")
   p.add_argument("--torch", action="store_true", help="also run the PyTorch peer and print the ratio")
   p.add_argument("--torch-compile", action="store_true", help="the PyTorch peer uses torch.compile")
   p.add_argument("--json", help="write the rows here as JSON")
@@ -259,9 +315,12 @@ def main(argv=None):
   dtype = "bfloat16" if args.dtype == "bf16" else args.dtype
   try:
     names = list_models(args.models) if args.models else [args.model] if args.model else []
-    if not names:
-      raise UserError("pass --model NAME or --models PATTERN")
-    rows = []
+    if not names and not args.dinov2:
+      raise UserError("pass --model NAME, --models PATTERN or --dinov2 CONFIG")
+    rows = [bench_dinov2(args.dinov2, args.steps, args.warmup, args.sync_every, args.peak_tflops)] \
+        if args.dinov2 else []
+    if rows:
+      print(format_rows(rows), flush=True)
     for name in names:
       kw = {"attn_implementation": args.attn} if args.attn else {}
       if args.remat:

@@ -21,7 +21,8 @@ import subprocess
 import sys
 import time
 
-# A row: (id, 'ours' | 'torch', keyword arguments of bench.bench / bench_torch.bench, what to compare it with).
+# A row: (id, 'ours' | 'dinov2' | 'torch', keyword arguments of bench.bench / bench.bench_dinov2 /
+# bench_torch.bench, what to compare it with).
 # 'peer' compares ours with PyTorch; 'baseline' compares a tool's variant with the row it switches from.
 _R50 = dict(model_name="resnet50", batch=256, dtype="bfloat16", optimizer="sgd")
 _VIT = dict(model_name="vit_base_patch16_224", batch=256, dtype="bfloat16", optimizer="adamw")
@@ -51,6 +52,8 @@ GPU_PLAN = [
         ("r50_sync10", "ours", {**_R50, "sync_every": 10, "steps_timed": 30}, {"baseline": "r50"}),
         ("r50_fp32", "ours", {**_R50, "dtype": "float32"}, {"baseline": "r50"}),
     ]),
+    ("dinov2", "", [("dinov2_vits14", "dinov2", dict(config_spec="configs/dinov2_vits14_imagenet.py:batch=256"),
+                      {})]),  # issue 5's step time and memory at global batch 256
     ("xla_lhs", _LHS, [
         ("r50_lhs", "ours", _R50, {"baseline": "r50"}),
         ("vit_lhs", "ours", {**_VIT, "attn_implementation": "cudnn"}, {"baseline": "vit_cudnn"}),
@@ -96,6 +99,9 @@ def run_stage(plan, stage_name, out_dir, skip=()):
         from vision.tools import bench
         kw = dict(kwargs)
         row = bench.bench(kw.pop("model_name"), kw.pop("batch"), **kw)
+      elif kind == "dinov2":
+        from vision.tools import bench
+        row = bench.bench_dinov2(**kwargs)
       else:
         from vision.tools import bench_torch
         kw = dict(kwargs)
