@@ -42,6 +42,7 @@ def test_input_benchmark_our_side_on_its_own_jpegs(tmp_path):
   assert bench_input.ours(root, images=16, batch=4, size=32) > 0
   assert bench_input.ours(root, images=8, batch=4, size=32, uint8=False) > 0
   assert bench_input.ours_eval(root, images=20, batch=4, size=32) > 0  # more than one pass over the 12
+  assert bench_input.ours_eval(root, images=8, batch=4, size=32, uint8=False) > 0
 
 
 def test_input_benchmark_gives_torchvision_the_same_policy():

@@ -191,6 +191,30 @@ def test_uint8_batches_normalised_on_the_device_equal_the_float_batches(tmp_path
     normalize_images(bytes_[0]["image"], None, None)
 
 
+def test_uint8_eval_batches_normalise_to_the_float_ones(tmp_path):
+  """data.uint8_batches also covers evaluation: the same pixels (the eval transform yields whole levels),
+  normalised by the consumer's jitted step; the padding rows stay zeros of the batch's dtype."""
+  from vision.train.steps import normalize_images
+  root = str(tmp_path / "imgs")
+  _write_folder(root, "test", {"a": 3, "b": 2}, size=(40, 30), ext=".jpg")
+  _write_folder(root, "train", {"a": 1, "b": 1}, size=(40, 30), ext=".jpg")
+  d = default_config().data
+  d.name, d.image_size, d.mean, d.std = f"imagefolder:{root}", 24, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+  d.uint8_batches = False
+  floats = list(pipeline.eval_batches(d, "test", 4)[0])
+  d.uint8_batches = True
+  bytes_ = list(pipeline.eval_batches(d, "test", 4)[0])
+  assert len(floats) == len(bytes_) == 2
+  for f, b in zip(floats, bytes_):
+    assert f["image"].dtype == np.float32 and b["image"].dtype == np.uint8
+    np.testing.assert_array_equal(f["label"], b["label"])
+    np.testing.assert_array_equal(f["mask"], b["mask"])
+    real = f["mask"] > 0  # padding rows are zeros in either dtype, hence not equal once normalised; masked out
+    np.testing.assert_allclose(np.asarray(normalize_images(b["image"], d.mean, d.std))[real], f["image"][real],
+                               atol=2e-6)
+  assert not bytes_[1]["image"][1:].any() and bytes_[1]["mask"].tolist() == [1, 0, 0, 0]
+
+
 def _textured_png(rng, h, w):
   """A smooth picture plus noise (what resampling errors and off-by-one crops show up in), PNG-encoded."""
   coarse = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)

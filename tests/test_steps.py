@@ -162,6 +162,28 @@ def test_eval_step_masks_padding():
   np.testing.assert_allclose(out["loss_sum"], expected_loss, rtol=1e-5)
 
 
+def test_eval_step_and_features_normalise_uint8_batches():
+  """Evaluation with uint8 batches (data.uint8_batches) equals evaluation of the same batch normalised on the
+  host: the eval step's sums and the frozen features."""
+  from vision.evaluators import features as features_lib
+  model = create_model("lenet5", num_classes=10)
+  state, _, _ = _setup(model, size=32, channels=1, devices=jax.devices()[:1])
+  variables = steps.model_variables(state)
+  rng = np.random.default_rng(2)
+  pixels = rng.integers(0, 256, (8, 32, 32, 1), dtype=np.uint8)
+  mean, std = (0.45,), (0.3,)
+  on_host = ((pixels / 255.0 - mean[0]) / std[0]).astype(np.float32)
+  batch = {"label": rng.integers(0, 10, 8).astype(np.int32), "mask": np.ones(8, np.float32)}
+  eval_step = jax.jit(steps.make_eval_step(model, 10, normalize=(mean, std)))
+  a = jax.device_get(eval_step(variables, {**batch, "image": pixels}))
+  b = jax.device_get(eval_step(variables, {**batch, "image": on_host}))
+  np.testing.assert_allclose(a["loss_sum"], b["loss_sum"], rtol=1e-6)
+  np.testing.assert_array_equal(a["confusion"], b["confusion"])
+  fn = features_lib.feature_fn(create_model("lenet5", num_classes=0), normalize=(mean, std))
+  np.testing.assert_allclose(jax.jit(fn)(variables, pixels)["pooled"], jax.jit(fn)(variables, on_host)["pooled"],
+                             rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape,fsdp,expected", [((3, 3, 64, 128), True, (None, None, None, "data")),
                                                  ((1000,), True, ()), ((3, 3, 64, 128), False, ())])
 def test_fsdp_leaf_spec(shape, fsdp, expected):

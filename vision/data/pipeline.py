@@ -252,13 +252,20 @@ def _shard_batches(d, local_batch, seed, start_step, shard, num_shards):
 
 
 def eval_batches(d, split, local_batch, process_index=0, process_count=1):
-  """(iterator of {'image','label','mask'} batches, number of batches): each example once, padded."""
+  """(iterator of {'image','label','mask'} batches, number of batches): each example once, padded.
+
+  'image': uint8 for the consumer's jitted step to normalise (config.data.uint8_batches, the default; the
+  eval step, the feature extractors and the plots do), else float32 normalised on the host.
+  """
   src = source(d, split, process_index, process_count)
   num_batches = max(1, math.ceil(src.max_share / local_batch))
-  ds = src.records.map(lambda b, label: {"image": preprocess.eval_image(b, d), "label": tf.cast(label, tf.int32),
-                                         "mask": tf.constant(1.0)}, num_parallel_calls=_parallel(d))
+  as_uint8 = preprocess.uint8_batches(d)
+  ds = src.records.map(lambda b, label: {"image": preprocess.eval_image(b, d, as_uint8),
+                                         "label": tf.cast(label, tf.int32), "mask": tf.constant(1.0)},
+                       num_parallel_calls=_parallel(d))
   size = preprocess.eval_size(d)
-  pad = {"image": tf.zeros((size, size, d.channels)), "label": tf.constant(0), "mask": tf.constant(0.0)}
+  pad = {"image": tf.zeros((size, size, d.channels), tf.uint8 if as_uint8 else tf.float32), "label": tf.constant(0),
+         "mask": tf.constant(0.0)}
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_batches * local_batch - src.num_examples))
   ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE)
   return ds.as_numpy_iterator(), num_batches

@@ -150,7 +150,7 @@ def interpolation(d) -> str:
 
 
 def uint8_batches(d) -> bool:
-  """Whether train images leave the host as uint8, normalised on the device (steps.normalize_images)."""
+  """Whether train and eval images leave the host as uint8, normalised on the device (steps.normalize_images)."""
   return bool(d.get("uint8_batches", False))
 
 
@@ -209,16 +209,16 @@ def eval_size(d) -> int:
   return d.get("eval_image_size", 0) or d.image_size
 
 
-def eval_image(image_bytes, d):
+def eval_image(image_bytes, d, as_uint8=False):
   """The evaluation transform (torchvision's Resize + CenterCrop, or Resize((size, size)), on PIL images) ->
-  float32 normalised with d.mean and d.std."""
+  float32 normalised with d.mean and d.std, or with as_uint8 the uint8 pixels (for the device to normalise)."""
   size = eval_size(d)
   if d.eval_crop == "center":
     image = center_crop(image_bytes, size, d.crop_pct, d.channels, interpolation(d))
   else:
     image = pil_resize(decode(image_bytes, d.channels), size, size, interpolation(d))
   image = tf.ensure_shape(image, (size, size, d.channels))
-  return normalize(image, d.mean, d.std)
+  return tf.cast(image, tf.uint8) if as_uint8 else normalize(image, d.mean, d.std)
 
 
 def eval_image_file(path, d):

@@ -12,17 +12,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vision.train.steps import normalize_images
+
 
 def is_token_vit(model) -> bool:
   return hasattr(model, "get_intermediate_layers") and getattr(model, "class_token", False)
 
 
-def feature_fn(model, n_last_blocks: int = 4):
-  """(variables, images) -> dict of float32 feature arrays, eval mode."""
+def feature_fn(model, n_last_blocks: int = 4, normalize=None):
+  """(variables, images) -> dict of float32 feature arrays, eval mode. normalize: (mean, std) for uint8 images
+  (config.data.uint8_batches), as the train step's."""
   if is_token_vit(model):
     n = min(n_last_blocks, model.depth)
 
     def vit_features(variables, images):
+      images = normalize_images(images, *(normalize or (None, None)))
       outs = model.apply(variables, images, n, method="get_intermediate_layers")
       prefix = model.num_prefix_tokens
       return {"cls": jnp.stack([o[:, 0] for o in outs], axis=1).astype(jnp.float32),
@@ -30,6 +34,7 @@ def feature_fn(model, n_last_blocks: int = 4):
     return vit_features
 
   def pooled(variables, images):
+    images = normalize_images(images, *(normalize or (None, None)))
     return {"pooled": model.apply(variables, images, train=False).astype(jnp.float32)}
   return pooled
 

@@ -74,7 +74,7 @@ def probe_checkpoint(config, workdir: str, step=None, split=None, shots=(1, 5, 1
   split = split or d.eval_split
   backbone = create_model(config.model.name, num_classes=0, dtype=compute_dtype(config.model.dtype),
                           **dict(config.model.kwargs))
-  fn = features_lib.feature_fn(backbone)
+  fn = features_lib.feature_fn(backbone, normalize=(d.mean, d.std))
   variables = {k: v for k, v in variables.items() if v}
 
   def features(name):

@@ -101,7 +101,7 @@ class SSLExperiment:
     d, t = self.config.data, self.config.train
     batches, n = self.pipeline.eval_batches(d, split, t.eval_batch_size // self.pc, self.pi, self.pc)
     batches = mesh_lib.prefetch_to_device(batches, self.batch_sharding, d.prefetch)
-    fn = features_lib.feature_fn(self.nets.backbone)
+    fn = features_lib.feature_fn(self.nets.backbone, normalize=(d.mean, d.std))
     return features_lib.extract(fn, {"params": backbone_params}, batches, n)
 
   def evaluate(self, backbone_params, split=None, probe=True) -> dict:

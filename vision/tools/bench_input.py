@@ -22,8 +22,9 @@ The tool writes its own JPEGs (photo-like: smooth colour fields plus noise,
 ImageNet's typical 500x375, quality 90) unless --dir points at a folder of
 class folders. --eval times the evaluation transform instead: ours
 (vision.data.pipeline.eval_batches: resize the shorter side to size / 0.875,
-centre crop, PIL's two rounded passes, float32 normalised) against torchvision's
-Resize + CenterCrop + ToTensor + Normalize in the DataLoader, both in order, one
+centre crop, PIL's two rounded passes; uint8 batches, and ours_float: float32
+normalised on the host) against torchvision's Resize + CenterCrop + ToTensor +
+Normalize in the DataLoader (and torchvision_uint8: PILToTensor), in order, one
 pass over the folder after another. --augment adds a data.augment policy on both sides
 (torchvision: TrivialAugmentWide, RandAugment, AutoAugment on the PIL crop,
 RandomErasing after Normalize; the uint8 sides leave erasing to the device).
@@ -81,11 +82,11 @@ def ours(root, images, batch, size, uint8=True, augment=""):
   return _timed(pipeline.train_batches(d, batch, seed=0), images, batch)
 
 
-def ours_eval(root, images, batch, size):
+def ours_eval(root, images, batch, size, uint8=True):
   from vision.data import pipeline
   from vision.train.config import default_config
   d = default_config().data
-  d.name, d.image_size = f"imagefolder:{root}", size
+  d.name, d.image_size, d.uint8_batches = f"imagefolder:{root}", size, uint8
 
   def forever():
     while True:
@@ -95,13 +96,14 @@ def ours_eval(root, images, batch, size):
   return _timed(forever(), images, batch)
 
 
-def torchvision_eval(root, images, batch, size, workers):
+def torchvision_eval(root, images, batch, size, workers, uint8=False):
   import torch
   from torchvision import datasets, transforms
 
   from vision.data.preprocess import resize_size
-  t = transforms.Compose([transforms.Resize(resize_size(size, 0.875)), transforms.CenterCrop(size),
-                          transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+  tail = [transforms.PILToTensor()] if uint8 else [
+      transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+  t = transforms.Compose([transforms.Resize(resize_size(size, 0.875)), transforms.CenterCrop(size), *tail])
   loader = torch.utils.data.DataLoader(datasets.ImageFolder(os.path.join(root, "train"), t), batch_size=batch,
                                        num_workers=workers, persistent_workers=workers > 0)
   return _timed(_endless(loader), images, batch)
@@ -148,7 +150,10 @@ SIDES = {"ours": lambda a: ours(a.dir, a.images, a.batch, a.size, augment=a.augm
          "torchvision_uint8": lambda a: torchvision_loader(a.dir, a.images, a.batch, a.size, a.workers, uint8=True,
                                                            augment=a.augment)}
 EVAL_SIDES = {"ours": lambda a: ours_eval(a.dir, a.images, a.batch, a.size),
-              "torchvision": lambda a: torchvision_eval(a.dir, a.images, a.batch, a.size, a.workers)}
+              "ours_float": lambda a: ours_eval(a.dir, a.images, a.batch, a.size, uint8=False),
+              "torchvision": lambda a: torchvision_eval(a.dir, a.images, a.batch, a.size, a.workers),
+              "torchvision_uint8": lambda a: torchvision_eval(a.dir, a.images, a.batch, a.size, a.workers,
+                                                              uint8=True)}
 
 
 def _side(name, root, args):

@@ -245,6 +245,7 @@ def write_all(exp, variables, workdir, split, step, results, image_path=None, la
   stage, `class_index` to the predicted class.
   """
   from vision.tools import introspect
+  from vision.train import steps
   from vision.train.writers import read_metrics
   layer = check_request(exp, variables, layer, class_index)
   d, names, out = exp.config.data, exp.class_names, os.path.join(workdir, "plots")
@@ -257,6 +258,8 @@ def write_all(exp, variables, workdir, split, step, results, image_path=None, la
   batches, _ = exp.pipeline.eval_batches(d, split, exp.config.train.eval_batch_size)
   batch = next(iter(batches))
   keep = batch["mask"] > 0
+  # The grid shows, and the model sees, normalised images (uint8 batches are normalised by the steps).
+  batch["image"] = np.asarray(steps.normalize_images(batch["image"], d.mean, d.std))
   images, labels = batch["image"][keep], batch["label"][keep]
   probs = np.asarray(introspect.probabilities_fn(exp.model)(variables, batch["image"]))[keep]
   shown = choose_grid(labels, probs.argmax(1))

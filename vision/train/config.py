@@ -62,9 +62,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.train_shards = 0
   c.data.num_parallel_calls = -1  # -1: tf.data AUTOTUNE
   c.data.prefetch = 2  # batches kept ready on the device
-  # Train batches leave the host as uint8 and are normalised inside the jitted step: a quarter of the bytes to
-  # copy and move, no float work on the host (BENCHMARKS.md). Random erasing's rectangles are then drawn on the
-  # host and erased by the step. False: float32 batches, normalised (and erased) on the host.
+  # Train and eval batches leave the host as uint8 and are normalised inside the jitted steps: a quarter of the
+  # bytes to copy and move, no float work on the host (BENCHMARKS.md). Random erasing's rectangles are then drawn
+  # on the host and erased by the step. False: float32 batches, normalised (and erased) on the host.
   c.data.uint8_batches = True
 
   c.train = ml_collections.ConfigDict()

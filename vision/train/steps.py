@@ -192,14 +192,16 @@ def model_variables(state: TrainState, ema=False) -> dict:
 ECE_BINS = 15  # equal-width confidence bins of the expected calibration error (Guo et al. 2017)
 
 
-def make_eval_step(model, num_classes):
+def make_eval_step(model, num_classes, normalize=None):
   """Sums over a padded batch (mask = 0 rows ignored): loss, top-1/top-5 hits, count, confusion matrix,
-  and per confidence bin the count, summed confidence and hits (for the calibration error)."""
+  and per confidence bin the count, summed confidence and hits (for the calibration error).
+  normalize: (mean, std) for uint8 batches, as make_train_step's."""
 
   def eval_step(variables, batch):
     """`variables`: {'params', 'batch_stats'} (see model_variables): all that evaluation needs."""
     variables = {k: v for k, v in variables.items() if v}
-    logits = model.apply(variables, batch["image"], train=False).astype(jnp.float32)
+    images = normalize_images(batch["image"], *(normalize or (None, None)))
+    logits = model.apply(variables, images, train=False).astype(jnp.float32)
     labels, mask = batch["label"], batch["mask"]
     loss = cross_entropy(logits, labels, num_classes)
     top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
