@@ -15,7 +15,7 @@ from vision.models.preact_resnet import PreActResNet
 from vision.models.resnet import ResNet
 from vision.models.swin import SwinTransformer
 from vision.models.vit import VisionTransformer
-from vision.tools.bench import residual_bytes
+from vision.tools import bench
 
 # Tiny members of every family with blocks; each has what a lifted checkpoint must carry through: BatchNorm
 # statistics (mutated in training), dropout / drop path rngs, layer scale, shifted-window masks, SE gates.
@@ -75,15 +75,8 @@ def test_remat_gives_the_same_loss_gradients_and_batch_statistics(family):
 
 
 def _saved(name, remat, batch=8):
-  model = create_model(name, remat=remat)
-  v = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
-
-  def loss(params, batch_stats, x):
-    out, _ = model.apply({"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}, x,
-                         train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
-    return jnp.mean(out ** 2)
-  return residual_bytes(loss, v["params"], v.get("batch_stats", {}), jax.ShapeDtypeStruct((batch, 224, 224, 3),
-                                                                                          jnp.float32))
+  """Bytes the train step's loss keeps for the backward pass (bench --saved-only: jax.eval_shape, no compile)."""
+  return bench.bench(name, batch, saved_only=True, remat=remat)["saved_for_backward_gb"] * 2**30
 
 
 @pytest.mark.parametrize("name, weights_mb, at_most", [("resnet50", 102.2, 0.30), ("vit_base_patch16_224", 346.4, 0.20)])

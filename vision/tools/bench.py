@@ -222,6 +222,7 @@ def bench_dinov2(config_spec: str, steps_timed: int = 20, warmup: int = 3, sync_
   if t.batch_size % n_dev:
     raise UserError(f"the config's batch {t.batch_size} is not divisible by the {n_dev} devices")
   nets = ssl_loop.build_networks(config)
+  # The schedules' values (lr, temperatures, momentum) do not change the step's work; any lengths do.
   sched = schedules.make_schedules(config, steps_per_epoch=1000, total_steps=100_000)
   tx = ssl_optim.make_optimizer(config, sched)
   init = lambda rng: ssl_steps.init_state(nets, tx, rng, s.global_crop_size, d.channels)

@@ -29,6 +29,10 @@ _VIT = dict(model_name="vit_base_patch16_224", batch=256, dtype="bfloat16", opti
 _T50 = dict(model_name="resnet50", batch=256, dtype="bfloat16", optimizer="sgd")
 _TVIT = dict(model_name="vit_base_patch16_224", batch=256, dtype="bfloat16", optimizer="adamw")
 _LHS = "--xla_gpu_enable_latency_hiding_scheduler=true"
+# XLA's fusion passes off (unknown pass names are ignored): what fusing BatchNorm, ReLU and the other elementwise
+# ops into their neighbours' kernels is worth.
+_NO_FUSION = ("--xla_disable_hlo_passes=priority-fusion,fusion,multi_output_fusion,"
+              "cudnn-fused-convolution-rewriter,cpu-fusion")
 
 GPU_PLAN = [
     ("targets", "", [
@@ -58,6 +62,7 @@ GPU_PLAN = [
         ("r50_lhs", "ours", _R50, {"baseline": "r50"}),
         ("vit_lhs", "ours", {**_VIT, "attn_implementation": "cudnn"}, {"baseline": "vit_cudnn"}),
     ]),
+    ("xla_no_fusion", _NO_FUSION, [("r50_no_fusion", "ours", _R50, {"baseline": "r50"})]),
     ("infer", "", [
         ("r50_infer", "ours", {**_R50, "mode": "infer"}, {"peer": "torch_r50_infer_compile"}),
         ("torch_r50_infer_compile", "torch", {**_T50, "mode": "infer", "compile_": True}, {}),
