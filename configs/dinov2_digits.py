@@ -23,24 +23,26 @@ Departures, all hyperparameters:
   steps), lr 2e-3 (no sqrt scaling at this batch), warmup 1 epoch, weight
   decay 0.04 constant, EMA momentum 0.99 -> 1.
 
-Measured 2026-11-25 (`python train.py --config configs/dinov2_digits.py
---workdir W` on the 2-core CPU, nothing else running: 7 min 42 s wall with the
-7 kNN evaluations; uint8 crops; evaluation images resized as PIL does), teacher
-kNN top-1 on the 360 test digits:
+Measured 2026-12-01 (`python train.py --config configs/dinov2_digits.py
+--workdir W` on the 2-core CPU, nothing else running: 7 min 38 s wall with the
+7 kNN evaluations; uint8 crops and evaluation images, both normalised on the
+device; evaluation images resized as PIL does), teacher kNN top-1 on the 360
+test digits:
 
 | step | k=10 | k=20 | k=100 | k=200 | eval feature std |
 |---|---|---|---|---|---|
 | 0 (random init) | 0.689 | 0.633 | 0.519 | 0.417 | 0.012 |
-| 220 | 0.739 | 0.728 | 0.719 | 0.717 | 0.104 |
-| 440 | 0.853 | 0.839 | 0.828 | 0.819 | 0.109 |
-| 660 | 0.861 | 0.853 | 0.833 | 0.836 | 0.110 |
+| 220 | 0.756 | 0.739 | 0.708 | 0.703 | 0.101 |
+| 440 | 0.831 | 0.831 | 0.825 | 0.825 | 0.110 |
+| 660 | 0.850 | 0.856 | 0.842 | 0.839 | 0.110 |
 
-No collapse: at the end teacher entropy 2.51 (of log 256 = 5.55) with
+No collapse: at the end teacher entropy 2.46 (of log 256 = 5.55) with
 marginal entropy 5.31 (the batch still uses the prototypes evenly), teacher
-feature std 0.116. `python eval.py` on the same workdir: linear probe top-1
-0.878 (cls1, lr 1; the same probe on the random-init network: 0.672, measured
-before the PIL resize; 0.894 in the run before the crops became uint8 and the
-blur shifted slices).
+feature std 0.117. `python eval.py` on the same workdir: linear probe top-1
+0.872 (cls1, lr 1; the same probe on the random-init network: 0.672, measured
+before the PIL resize). The table of 2026-11-25 (k=20 0.853 at the end, probe
+0.878) is not what the code of that day gives: commit dc34fc3, the last before
+this table, gives exactly these step-110 and step-220 figures.
 A random network is a fair kNN baseline here (raw pixels: 0.97), so the gain
 is the network's own. tests/test_ssl_eval.py runs a shorter version.
 """
