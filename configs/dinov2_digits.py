@@ -41,8 +41,8 @@ marginal entropy 5.31 (the batch still uses the prototypes evenly), teacher
 feature std 0.117. `python eval.py` on the same workdir: linear probe top-1
 0.872 (cls1, lr 1; the same probe on the random-init network: 0.672, measured
 before the PIL resize). The table of 2026-11-25 (k=20 0.853 at the end, probe
-0.878) is not what the code of that day gives: commit dc34fc3, the last before
-this table, gives exactly these step-110 and step-220 figures.
+0.878) is not what that day's last commit gives: dc34fc3, rerun on 2026-12-01,
+gives exactly this table's step-110 and step-220 figures.
 A random network is a fair kNN baseline here (raw pixels: 0.97), so the gain
 is the network's own. tests/test_ssl_eval.py runs a shorter version.
 """
