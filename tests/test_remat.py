@@ -79,7 +79,8 @@ def _saved(name, remat, batch=8):
   return bench.bench(name, batch, saved_only=True, remat=remat)["saved_for_backward_gb"] * 2**30
 
 
-@pytest.mark.parametrize("name, weights_mb, at_most", [("resnet50", 102.2, 0.30), ("vit_base_patch16_224", 346.4, 0.20)])
+@pytest.mark.parametrize("name, weights_mb, at_most",
+                         [("resnet50", 102.2, 0.30), ("vit_base_patch16_224", 346.4, 0.20)])
 def test_remat_keeps_a_fraction_of_the_bytes_for_the_backward(name, weights_mb, at_most):
   # Measured at batch 8 (jax.eval_shape, nothing computed): resnet50 1,444 -> 378 MB, ViT-B/16 2,242 -> 404 MB;
   # what remains is mostly each block's input and the float32 weights the backward reads.

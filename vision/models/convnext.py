@@ -66,8 +66,9 @@ class ConvNeXt(nn.Module):
         x = _layer_norm(self.dtype, f"features_{2 * s}_0")(x)
         x = nn.Conv(dim, (2, 2), (2, 2), padding=((0, 0), (0, 0)), dtype=self.dtype, kernel_init=_init,
                     name=f"features_{2 * s}_1")(x)
+      block = remat(CNBlock, self.remat)
       for j in range(depth):
-        x = remat(CNBlock, self.remat)(next(rates), self.layer_scale, self.dtype, name=f"features_{2 * s + 1}_{j}")(x, train)
+        x = block(next(rates), self.layer_scale, self.dtype, name=f"features_{2 * s + 1}_{j}")(x, train)
       self.sow("intermediates", f"stage{s + 1}", x)
     x = _layer_norm(self.dtype, "classifier_0")(jnp.mean(x, axis=(1, 2)))
     return ClassifierHead(self.num_classes, dtype=self.dtype, kernel_init=_init,

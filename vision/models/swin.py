@@ -177,10 +177,11 @@ class SwinTransformer(nn.Module):
     for s, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
       if s > 0:
         x = PatchMerging(self.dtype, name=f"features_{2 * s}")(x)
+      block = remat(SwinBlock, self.remat)
       for j in range(depth):
-        x = remat(SwinBlock, self.remat)(heads, self.window_size, 0 if j % 2 == 0 else self.window_size // 2, self.mlp_ratio,
-                      self.dropout, next(rates), self.dtype, self.attn_implementation,
-                      name=f"features_{2 * s + 1}_{j}")(x, train)
+        x = block(heads, self.window_size, 0 if j % 2 == 0 else self.window_size // 2, self.mlp_ratio,
+                  self.dropout, next(rates), self.dtype, self.attn_implementation,
+                  name=f"features_{2 * s + 1}_{j}")(x, train)
       self.sow("intermediates", f"stage{s + 1}", x)
     x = _layer_norm(self.dtype, "norm")(x)
     return ClassifierHead(self.num_classes, dtype=self.dtype, kernel_init=_init, name_fc="head")(x, train)

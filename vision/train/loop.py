@@ -71,8 +71,8 @@ class Experiment:
     self.train_step = jax.jit(train_step, in_shardings=(self.state_sharding, self.batch_sharding),
                               out_shardings=(self.state_sharding, None), donate_argnums=0)
     self.variables_sharding = steps.model_variables(self.state_sharding)
-    self.eval_step = jax.jit(steps.make_eval_step(self.model, self.num_classes, (config.data.mean, config.data.std)),
-                             in_shardings=(self.variables_sharding, self.batch_sharding))
+    eval_step = steps.make_eval_step(self.model, self.num_classes, normalize=(config.data.mean, config.data.std))
+    self.eval_step = jax.jit(eval_step, in_shardings=(self.variables_sharding, self.batch_sharding))
     self.meta = {"model": config.model.name, "num_classes": self.num_classes, "class_names": self.class_names,
                  "image_size": size, "channels": config.data.channels}
 
