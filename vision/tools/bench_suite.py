@@ -97,19 +97,14 @@ def run_stage(plan, stage_name, out_dir, skip=()):
     if row_id in skip:
       continue
     start = time.perf_counter()
+    from vision.tools import bench, bench_torch  # torch itself is imported only by a torch row
     try:
-      if kind == "ours":
-        from vision.tools import bench
-        kw = dict(kwargs)
-        row = bench.bench(kw.pop("model_name"), kw.pop("batch"), **kw)
-      elif kind == "dinov2":
-        from vision.tools import bench
+      if kind == "dinov2":
         row = bench.bench_dinov2(**kwargs)
+      elif kind == "ours":
+        row = bench.bench(**kwargs)
       else:
-        from vision.tools import bench_torch
-        kw = dict(kwargs)
-        row = bench_torch.bench(kw.pop("model_name"), kw.pop("batch"), **{
-            {"steps_timed": "steps"}.get(k, k): v for k, v in kw.items()})
+        row = bench_torch.bench(**{{"steps_timed": "steps"}.get(k, k): v for k, v in kwargs.items()})
     except Exception as e:  # one row's failure (an OOM, an unknown flag's error) must not cost the others
       row = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]}
     row.update(id=row_id, kind=kind, stage=stage_name, wall_s=time.perf_counter() - start)
