@@ -45,6 +45,17 @@ def test_input_benchmark_our_side_on_its_own_jpegs(tmp_path):
   assert bench_input.ours_eval(root, images=8, batch=4, size=32, uint8=False) > 0
 
 
+def test_input_benchmark_writes_its_jpegs_into_a_new_dir(tmp_path):
+  root = str(tmp_path / "new")  # BENCHMARKS.md's commands name a --dir that a fresh machine does not have
+  assert bench_input.ensure_jpegs(root, 5) == root
+  assert sorted(os.listdir(os.path.join(root, "train"))) == ["class000", "class001", "class002", "class003",
+                                                              "class004"]
+  before = os.path.getmtime(os.path.join(root, "train", "class000", "000000.jpg"))
+  bench_input.ensure_jpegs(root, 50)  # an existing folder is used as it is
+  assert len([f for _, _, fs in os.walk(root) for f in fs]) == 5
+  assert os.path.getmtime(os.path.join(root, "train", "class000", "000000.jpg")) == before
+
+
 def test_input_benchmark_gives_torchvision_the_same_policy():
   transforms = pytest.importorskip("torchvision.transforms")
   before, after = bench_input.torchvision_transforms("randaugment(n=3,m=7)+erasing(p=0.1,mode=pixel)", uint8=False)

@@ -58,6 +58,14 @@ def write_jpegs(root, count, classes=10, size=(500, 375), seed=0):
   return root
 
 
+def ensure_jpegs(root, count):
+  """root as --dir takes it: a folder without train/ (new, or empty) gets `count` JPEGs written into it first."""
+  if not os.path.isdir(os.path.join(root, "train")):
+    print(f"writing {count} JPEGs to {os.path.join(root, 'train')}", file=sys.stderr, flush=True)
+    write_jpegs(root, count)
+  return root
+
+
 def _timed(batches, images, batch):
   next(batches)  # warm-up: tf.data autotuning / DataLoader worker start
   n, start = 0, time.perf_counter()
@@ -172,8 +180,9 @@ def main(argv=None):
   p.add_argument("--images", type=int, default=2000, help="images timed on each side (after one warm-up batch)")
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--size", type=int, default=224)
-  p.add_argument("--dir", help="a folder with train/<class>/*.jpg (default: write --files JPEGs to a temp dir)")
-  p.add_argument("--files", type=int, default=1000, help="JPEGs to write when --dir is not given")
+  p.add_argument("--dir", help="a folder with train/<class>/*.jpg; one without train/ gets --files JPEGs written "
+                 "into it (kept for the next run). Default: --files JPEGs in a temporary folder")
+  p.add_argument("--files", type=int, default=1000, help="JPEGs to write when --dir is not given or has no train/")
   p.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers (default: one per core)")
   p.add_argument("--augment", default="", help="a config.data.augment string on both sides, e.g. "
                  "'trivialaugment+erasing(p=0.1)' (trivialaugment, randaugment(n,m), autoaugment, erasing(p,mode))")
@@ -200,6 +209,8 @@ def main(argv=None):
   if root is None:
     tmp = tempfile.TemporaryDirectory()
     root = write_jpegs(tmp.name, args.files)
+  else:
+    ensure_jpegs(root, args.files)
   row = {"images": args.images, "batch": args.batch, "size": args.size, "cores": os.cpu_count(),
          "workers": args.workers, "augment": args.augment, "transform": "eval" if args.eval else "train"}
   runs = {name: [] for name in sides}
