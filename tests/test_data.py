@@ -215,6 +215,28 @@ def test_uint8_eval_batches_normalise_to_the_float_ones(tmp_path):
   assert not bytes_[1]["image"][1:].any() and bytes_[1]["mask"].tolist() == [1, 0, 0, 0]
 
 
+def test_train_resize_fast_paths_equal_the_antialiased_resize():
+  """The train crops' resize: enlarging crops take the plain bilinear kernel, uint8 output rounds in one pass;
+  both equal the antialiased float resize (and PIL's, within a level) to float rounding."""
+  from vision.data import preprocess
+  rng = np.random.default_rng(2)
+  size = 32
+  for h, w in [(20, 20), (32, 9), (32, 32), (1, 7), (33, 8), (40, 50), (64, 31)]:  # both sides <= 32: plain
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    for method in ("bilinear", "bicubic"):
+      ref = tf.clip_by_value(tf.image.resize(image, (size, size), method=method, antialias=True), 0, 255).numpy()
+      ours = preprocess.resize(tf.constant(image), size, method).numpy()
+      np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-3, err_msg=str((h, w, method)))
+      rounded = preprocess.resize(tf.constant(image), size, method, as_uint8=True).numpy()
+      assert rounded.dtype == np.uint8
+      near_half = np.abs(ref - np.floor(ref) - 0.5) < 2e-3
+      np.testing.assert_array_equal(rounded[~near_half], np.floor(ref + 0.5)[~near_half])
+      assert np.abs(rounded.astype(int) - ref).max() <= 0.5 + 2e-3
+      if method == "bilinear":  # (bicubic's one pass is not PIL's two clipped ones where the kernel overshoots)
+        pil_out = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR), np.int64)
+        assert np.abs(rounded.astype(np.int64) - pil_out).max() <= 1, (h, w)
+
+
 def _textured_png(rng, h, w):
   """A smooth picture plus noise (what resampling errors and off-by-one crops show up in), PNG-encoded."""
   coarse = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
