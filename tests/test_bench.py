@@ -67,6 +67,32 @@ def test_input_benchmark_gives_torchvision_the_same_policy():
     bench_input.torchvision_transforms("randaugment(n=2,m=9,mstd=0.5)", uint8=False)
 
 
+def test_multicrop_benchmark_sides_do_the_releases_work(tmp_path):
+  """--multicrop: ours runs on the tool's JPEGs; the torchvision side is DINOv2's DataAugmentationDINO with
+  config.ssl's defaults (2 x 224 + 8 x 98 crops, the blur probabilities the release applies)."""
+  root = bench_input.write_jpegs(str(tmp_path), 4, classes=2, size=(64, 48))
+  assert bench_input.ours_multicrop(root, images=2, batch=2) > 0
+  transforms = pytest.importorskip("torchvision.transforms")
+  from PIL import Image
+  image = Image.open(os.path.join(root, "train", "class000", "000000.jpg"))
+  out = bench_input.dinov2_transform()(image)
+  assert out["global_crops"].shape == (2, 3, 224, 224) and out["local_crops"].shape == (8, 3, 98, 98)
+  assert bench_input.dinov2_transform(uint8=True)(image)["local_crops"].dtype.is_floating_point is False
+  parts = bench_input.dinov2_transform().parts
+  crop = parts["global"].transforms[0]
+  assert (crop.size, crop.scale, crop.interpolation) == ((224, 224), (0.32, 1.0), transforms.InterpolationMode.BICUBIC)
+  assert (parts["local"].transforms[0].size, parts["local"].transforms[0].scale) == ((98, 98), (0.05, 0.32))
+  # The release's GaussianBlur(p) is RandomApply(p=1-p): blur is applied with p 0 / 0.9 / 0.5.
+  for name, p in [("global_1", 0.0), ("global_2", 0.9), ("local_extra", 0.5)]:
+    colour, blur = parts[name].transforms[:2]
+    assert blur.p == p and isinstance(blur.transforms[0], transforms.GaussianBlur), name
+    assert tuple(blur.transforms[0].kernel_size) == (9, 9) and tuple(blur.transforms[0].sigma) == (0.1, 2.0)
+    jitter, gray = colour.transforms
+    assert jitter.p == 0.8 and (jitter.transforms[0].hue == (-0.1, 0.1)) and gray.p == 0.2
+  assert [type(t).__name__ for t in parts["global_2"].transforms[2:4]] == ["RandomSolarize", "Compose"]
+  assert parts["global_2"].transforms[2].p == 0.2 and parts["global_2"].transforms[2].threshold == 128
+
+
 def test_each_performance_switch_runs_and_is_named():
   row = bench.bench("lenet5", batch=8, steps_timed=4, warmup=1, num_classes=10, donate=False, uint8=True,
                     feed="host", prefetch=1, sync_every=2)

@@ -36,7 +36,7 @@ def resize(image, size, method="bilinear", as_uint8=False):
   one pass and not rounded, or with as_uint8 rounded to uint8: the random crops of training (pil_resize is the
   exact, slower evaluation resize).
 
-  A bilinear crop no larger than `size` on either side takes TensorFlow's plain bilinear kernel: when
+  A bilinear crop no larger than `size` on both sides takes TensorFlow's plain bilinear kernel: when
   enlarging, the antialiased triangle is that same interpolation (half-pixel centres, edge pixels repeated),
   and the plain kernel is ~3x faster; the two agree to float rounding (tests/test_data.py).
   """
@@ -45,7 +45,7 @@ def resize(image, size, method="bilinear", as_uint8=False):
     out = tf.cond(tf.reduce_all(hw <= size),
                   lambda: tf.image.resize(image, (size, size), method="bilinear", antialias=False),
                   lambda: tf.image.resize(image, (size, size), method="bilinear", antialias=True))
-    # Weights >= 0 summing to 1: already in [0, 255], no clip; + 0.5 and truncation rounds (halves up).
+    # Weights >= 0 summing to 1: in [0, 255] to float rounding, no clip; + 0.5 and truncation rounds (halves up).
     return tf.cast(out + 0.5, tf.uint8) if as_uint8 else out
   image = tf.image.resize(image, (size, size), method=method, antialias=True)  # uint8 in: no float copy first
   return tf.saturate_cast(image + 0.5, tf.uint8) if as_uint8 else tf.clip_by_value(image, 0.0, 255.0)

@@ -28,6 +28,10 @@ Normalize in the DataLoader (and torchvision_uint8: PILToTensor), in order, one
 pass over the folder after another. --augment adds a data.augment policy on both sides
 (torchvision: TrivialAugmentWide, RandAugment, AutoAugment on the PIL crop,
 RandomErasing after Normalize; the uint8 sides leave erasing to the device).
+--multicrop times DINOv2's multi-crop instead: ours (vision.data.multicrop,
+uint8 crops; ours_float: bfloat16 normalised on the host) against the release's
+DataAugmentationDINO written with torchvision transforms (dinov2_transform;
+torchvision_uint8: PILToTensor at the end), config.ssl's defaults on both.
 Reported: images/s of each after one warm-up batch (with --repeats, the median
 of that many runs, the sides taking turns), and ours over each torchvision
 side. torch is imported only by this tool.
@@ -152,11 +156,69 @@ def torchvision_loader(root, images, batch, size, workers, uint8=False, augment=
   return _timed(_endless(loader), images, batch)
 
 
+def ours_multicrop(root, images, batch, uint8=True):
+  """DINOv2's multi-crop (vision.data.multicrop, config.ssl's defaults: the release's) on `imagefolder:`."""
+  import tensorflow as tf
+
+  from vision.data import multicrop
+  from vision.train.config import default_config
+  c = default_config()
+  d = c.data
+  d.name, d.flip, d.shuffle_buffer, d.uint8_batches = f"imagefolder:{root}", True, 1000, uint8
+  return _timed(multicrop.train_batches(d, c.ssl, batch, seed=0, dtype=tf.bfloat16), images, batch)
+
+
+def dinov2_transform(uint8=False):
+  """DINOv2's DataAugmentationDINO (dinov2/data/augmentations.py) from torchvision transforms, with
+  config.ssl's defaults: image -> {'global_crops': [2, 3, G, G], 'local_crops': [L, 3, l, l]}.
+
+  As the release: its GaussianBlur(p) is RandomApply(GaussianBlur(9, (0.1, 2)), p=1-p) (blur p = 0 / 0.9 / 0.5
+  on global 1 / global 2 / local); ToTensor + Normalize at the end, or (uint8) PILToTensor.
+  """
+  import torch
+  from torchvision import transforms as T
+
+  from vision.train.config import default_config
+  s = default_config().ssl
+  bicubic = T.InterpolationMode.BICUBIC
+  geometric = lambda size, scale: T.Compose([T.RandomResizedCrop(size, scale=tuple(scale), interpolation=bicubic),
+                                             T.RandomHorizontalFlip(p=0.5)])
+  colour = T.Compose([T.RandomApply([T.ColorJitter(*s.color_jitter)], p=s.color_jitter_prob),
+                      T.RandomGrayscale(p=s.grayscale_prob)])
+  blur = lambda p: T.RandomApply([T.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))], p=p)
+  tail = T.PILToTensor() if uint8 else T.Compose([T.ToTensor(), T.Normalize((0.485, 0.456, 0.406),
+                                                                               (0.229, 0.224, 0.225))])
+  glob, local = geometric(s.global_crop_size, s.global_crop_scale), geometric(s.local_crop_size, s.local_crop_scale)
+  g1 = T.Compose([colour, blur(s.blur_prob[0]), tail])
+  g2 = T.Compose([colour, blur(s.blur_prob[1]), T.RandomSolarize(threshold=128, p=s.solarize_prob), tail])
+  loc = T.Compose([colour, blur(s.blur_prob[2]), tail])
+
+  def transform(image):
+    return {"global_crops": torch.stack([g1(glob(image)), g2(glob(image))]),
+            "local_crops": torch.stack([loc(local(image)) for _ in range(s.local_crops)])}
+  transform.parts = {"global": glob, "local": local, "global_1": g1, "global_2": g2, "local_extra": loc}
+  return transform
+
+
+def torchvision_multicrop(root, images, batch, workers, uint8=False):
+  import torch
+  from torchvision import datasets
+  loader = torch.utils.data.DataLoader(datasets.ImageFolder(os.path.join(root, "train"), dinov2_transform(uint8)),
+                                       batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                                       persistent_workers=workers > 0)
+  return _timed(_endless(loader), images, batch)
+
+
 SIDES = {"ours": lambda a: ours(a.dir, a.images, a.batch, a.size, augment=a.augment),
          "ours_float": lambda a: ours(a.dir, a.images, a.batch, a.size, uint8=False, augment=a.augment),
          "torchvision": lambda a: torchvision_loader(a.dir, a.images, a.batch, a.size, a.workers, augment=a.augment),
          "torchvision_uint8": lambda a: torchvision_loader(a.dir, a.images, a.batch, a.size, a.workers, uint8=True,
                                                            augment=a.augment)}
+MULTICROP_SIDES = {"ours": lambda a: ours_multicrop(a.dir, a.images, a.batch),
+                   "ours_float": lambda a: ours_multicrop(a.dir, a.images, a.batch, uint8=False),
+                   "torchvision": lambda a: torchvision_multicrop(a.dir, a.images, a.batch, a.workers),
+                   "torchvision_uint8": lambda a: torchvision_multicrop(a.dir, a.images, a.batch, a.workers,
+                                                                       uint8=True)}
 EVAL_SIDES = {"ours": lambda a: ours_eval(a.dir, a.images, a.batch, a.size),
               "ours_float": lambda a: ours_eval(a.dir, a.images, a.batch, a.size, uint8=False),
               "torchvision": lambda a: torchvision_eval(a.dir, a.images, a.batch, a.size, a.workers),
@@ -168,7 +230,7 @@ def _side(name, root, args):
   """One side's images/s, measured in a fresh process."""
   cmd = [sys.executable, "-m", "vision.tools.bench_input", "--side", name, "--dir", root, "--images",
          str(args.images), "--batch", str(args.batch), "--size", str(args.size), "--workers", str(args.workers),
-         "--augment", args.augment] + (["--eval"] if args.eval else [])
+         "--augment", args.augment] + (["--eval"] if args.eval else []) + (["--multicrop"] if args.multicrop else [])
   proc = subprocess.run(cmd, capture_output=True, text=True)
   if proc.returncode:
     raise RuntimeError(f"{name} side failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -189,14 +251,19 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=1,
                  help="measure each side this many times, the sides taking turns; report the median")
   p.add_argument("--eval", action="store_true", help="time the evaluation transform (resize + centre crop)")
+  p.add_argument("--multicrop", action="store_true", help="time DINOv2's multi-crop (2 x 224 + 8 x 98 crops, "
+                 "colour jitter, grayscale, blur, solarisation; config.ssl's defaults) against the release's "
+                 "torchvision transforms; --size is not used")
   p.add_argument("--json", action="store_true")
   p.add_argument("--sides", help=f"which of {', '.join(SIDES)} to run (comma-separated; default: all, "
                  f"with --eval: {', '.join(EVAL_SIDES)})")
   p.add_argument("--side", choices=tuple(SIDES), help=argparse.SUPPRESS)  # one side, in this process
   args = p.parse_args(argv)
-  table = EVAL_SIDES if args.eval else SIDES
-  if args.eval and args.augment:
-    p.error("--augment is for the training transform; leave it out with --eval")
+  table = EVAL_SIDES if args.eval else MULTICROP_SIDES if args.multicrop else SIDES
+  if args.eval and args.multicrop:
+    p.error("--eval and --multicrop time different transforms; choose one")
+  if (args.eval or args.multicrop) and args.augment:
+    p.error("--augment is for the supervised training transform; leave it out with --eval and --multicrop")
   if args.side:
     print(table[args.side](args))
     return True
@@ -212,7 +279,8 @@ def main(argv=None):
   else:
     ensure_jpegs(root, args.files)
   row = {"images": args.images, "batch": args.batch, "size": args.size, "cores": os.cpu_count(),
-         "workers": args.workers, "augment": args.augment, "transform": "eval" if args.eval else "train"}
+         "workers": args.workers, "augment": args.augment,
+         "transform": "eval" if args.eval else "multicrop" if args.multicrop else "train"}
   runs = {name: [] for name in sides}
   for _ in range(max(1, args.repeats)):  # in turns, so a slow spell of the machine hits every side alike
     for name in sides:
