@@ -293,6 +293,32 @@ def test_eval_resize_mode_equals_pil_resize():
     assert ours.shape == ref.shape and np.abs(ours - ref).max() <= 1 and np.mean(ours != ref) < 0.05
 
 
+def test_pil_resize_rows_as_one_pixel_wide_images_is_the_two_axis_resample_to_the_bit():
+  """pil_resize's passes resample one axis of a 1-pixel-wide image; ScaleAndTranslate on the 2-D image with
+  scale 1 on the other axis (the implementation before 2026-12-01) gives the same values to the bit."""
+  from vision.data import preprocess
+  kernels = {"bilinear": "triangle", "bicubic": "keyscubic"}
+
+  def two_axis(image, new_h, new_w, method, window):
+    h, w = image.shape[:2]
+    top, left, out_h, out_w = window
+
+    def resample(x, size, scale, translation):
+      out = tf.raw_ops.ScaleAndTranslate(images=x[None], size=size, scale=tf.constant(scale, tf.float32),
+                                         translation=tf.constant(translation, tf.float32),
+                                         kernel_type=kernels[method], antialias=True)[0]
+      return tf.floor(tf.clip_by_value(out, 0.0, 255.0) + 0.5)
+    x = resample(image, [h, out_w], [1.0, new_w / w], [0.0, -left])
+    return resample(x, [out_h, out_w], [new_h / h, 1.0], [-top, 0.0]).numpy()
+  rng = np.random.default_rng(3)
+  for (h, w), (new_h, new_w, window) in [((75, 100), (51, 68, (3, 11, 45, 45))), ((30, 21), (64, 45, (0, 0, 64, 45))),
+                                        ((1, 9), (4, 4, (0, 0, 4, 4)))]:
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    for method in ("bilinear", "bicubic"):
+      ours = preprocess.pil_resize(tf.constant(image), new_h, new_w, method, window).numpy()
+      np.testing.assert_array_equal(ours, two_axis(image, new_h, new_w, method, window), err_msg=str((h, w)))
+
+
 def test_crop_pct_and_interpolation_are_validated():
   from vision.train.config import validate
   c = default_config()
