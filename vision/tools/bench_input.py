@@ -255,8 +255,8 @@ def main(argv=None):
                  "colour jitter, grayscale, blur, solarisation; config.ssl's defaults) against the release's "
                  "torchvision transforms; --size is not used")
   p.add_argument("--json", action="store_true")
-  p.add_argument("--sides", help=f"which of {', '.join(SIDES)} to run (comma-separated; default: all, "
-                 f"with --eval: {', '.join(EVAL_SIDES)})")
+  p.add_argument("--sides", help=f"which of {', '.join(SIDES)} to run (comma-separated; default: all; the same "
+                 "names with --eval and --multicrop)")
   p.add_argument("--side", choices=tuple(SIDES), help=argparse.SUPPRESS)  # one side, in this process
   args = p.parse_args(argv)
   table = EVAL_SIDES if args.eval else MULTICROP_SIDES if args.multicrop else SIDES
