@@ -221,7 +221,8 @@ def test_train_resize_fast_paths_equal_the_antialiased_resize():
   from vision.data import preprocess
   rng = np.random.default_rng(2)
   size = 32
-  for h, w in [(20, 20), (32, 9), (32, 32), (1, 7), (33, 8), (40, 50), (64, 31)]:  # both sides <= 32: plain
+  # The first four fit in 32 x 32 (the plain kernel); the rest shrink on a side (antialiased).
+  for h, w in [(20, 20), (32, 9), (32, 32), (1, 7), (33, 8), (40, 50), (64, 31)]:
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     for method in ("bilinear", "bicubic"):
       ref = tf.clip_by_value(tf.image.resize(image, (size, size), method=method, antialias=True), 0, 255).numpy()
