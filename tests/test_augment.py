@@ -74,6 +74,49 @@ def test_identities():
                                 np.rot90(img[:, :23], 1)[1:-1, 1:-1])  # counter-clockwise
 
 
+def test_affine_sampling_is_tensorflows_projective_transform():
+  """Shear and rotation sample by one gather at coordinates worked out as ImageProjectiveTransformV3 (NEAREST,
+  fill 0) works them out: the same output, up to float32 rounding at a rare pixel."""
+  rng = np.random.default_rng(3)
+  mismatched = total = 0
+  for trial in range(24):
+    h, w = rng.integers(3, 90, 2)
+    img = tf.constant(rng.integers(1, 256, (h, w, 3)).astype(np.float32))  # no 0s: the fill shows
+    op = (augment.shear_x, augment.shear_y, augment.rotate)[trial % 3]
+    m = float(rng.uniform(-180, 180)) if op is augment.rotate else float(rng.uniform(-1, 1))
+    m = round(m, 1) if trial % 4 == 0 else m  # ties: coordinates ending in .5
+    matrix = {augment.shear_x: [1.0, m, 0.5 * m, 0, 1, 0], augment.shear_y: [1, 0, 0, m, 1, 0.5 * m]}.get(op)
+    if matrix is None:
+      a, cx, cy = np.deg2rad(np.float32(m)), (w - 1) / 2, (h - 1) / 2
+      c, s = np.cos(a), np.sin(a)
+      matrix = [c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy]
+    want = tf.raw_ops.ImageProjectiveTransformV3(
+        images=img[None], transforms=tf.constant([list(matrix) + [0, 0]], tf.float32), output_shape=[h, w],
+        fill_value=0.0, interpolation="NEAREST", fill_mode="CONSTANT")[0].numpy()
+    got = _ours(op, img.numpy(), m)
+    assert got.shape == want.shape and np.any(got == 0) == np.any(want == 0)
+    mismatched += np.sum(np.any(got != want, axis=-1))
+    total += h * w
+  assert mismatched <= total * 1e-3, (mismatched, total)
+
+
+def test_equalize_and_posterize_equal_torchvision_on_odd_histograms():
+  """Channels with one value (left alone), two values, one pixel apart from the rest, a 1 x 1 image."""
+  torch = pytest.importorskip("torch")
+  F = pytest.importorskip("torchvision.transforms.functional")
+  rng = np.random.default_rng(4)
+  base = rng.integers(0, 256, (17, 13, 3)).astype(np.uint8)
+  two = np.where(rng.random((17, 13)) < 0.3, 10, 200).astype(np.uint8)
+  spike = np.full((17, 13), 90, np.uint8)
+  spike[3, 4] = 255
+  for img in [np.stack([base[..., 0], np.full((17, 13), 5, np.uint8), two], -1), np.stack([spike, two, spike], -1),
+              base[:1, :1], np.full((4, 4, 3), 255, np.uint8)]:
+    t = torch.from_numpy(img).permute(2, 0, 1)
+    np.testing.assert_array_equal(_ours(augment.equalize, img), F.equalize(t).permute(1, 2, 0).numpy())
+    for bits in range(0, 9):
+      np.testing.assert_array_equal(_ours(augment.posterize, img, bits), F.posterize(t, bits).permute(1, 2, 0).numpy())
+
+
 @pytest.mark.parametrize("spec", ["randaugment(n=2,m=9,mstd=0.5)", "trivialaugment", "autoaugment",
                                   "jitter(b=0.4,c=0.4,s=0.4,h=0.1)"])
 def test_policies_keep_uint8_values_and_are_deterministic(spec):

@@ -85,9 +85,10 @@ def sharpness(img, v):
 
 
 def posterize(img, bits):
-  shift = tf.cast(8 - tf.cast(bits, tf.int32), tf.int32)
-  as_int = tf.cast(img, tf.int32)
-  return tf.cast(tf.bitwise.left_shift(tf.bitwise.right_shift(as_int, shift), shift), tf.float32)
+  # floor(v / 2^s) * 2^s is exactly v's low s bits cleared (powers of two divide integers exactly in float32),
+  # without the round trip through int32.
+  scale = tf.cast(tf.bitwise.left_shift(1, 8 - tf.cast(bits, tf.int32)), img.dtype)
+  return tf.floor(img / scale) * scale
 
 
 def solarize(img, threshold):
@@ -106,35 +107,48 @@ def autocontrast(img, _=None):
   return _u8((img - tf.where(flat, 0.0, lo)) * scale)
 
 
-def _equalize_channel(ch):
-  values = tf.cast(tf.reshape(ch, [-1]), tf.int32)
-  hist = tf.math.bincount(values, minlength=256, maxlength=256)
-  nonzero = tf.boolean_mask(hist, hist > 0)
-  step = (tf.reduce_sum(nonzero) - nonzero[-1]) // 255
-  lut = (tf.cumsum(hist) + step // 2) // tf.maximum(step, 1)
-  lut = tf.clip_by_value(tf.concat([[0], lut[:-1]], 0), 0, 255)
-  return tf.where(step == 0, ch, tf.cast(tf.gather(lut, tf.cast(ch, tf.int32)), tf.float32))
-
-
 def equalize(img, _=None):
-  return tf.stack([_equalize_channel(img[..., c]) for c in range(img.shape[-1])], axis=-1)
+  """torchvision's (PIL's) per-channel histogram equalisation; the channels' histograms and LUTs side by side, so
+  that one bincount and one gather serve all of them."""
+  c = img.shape[-1]
+  values = tf.cast(tf.reshape(img, [-1, c]), tf.int32) + tf.range(c) * 256  # channel k's values in [256k, 256k+256)
+  hist = tf.reshape(tf.math.bincount(tf.reshape(values, [-1]), minlength=256 * c, maxlength=256 * c), [c, 256])
+  top = 255 - tf.argmax(tf.reverse(hist, [1]) > 0, axis=1, output_type=tf.int32)  # the highest value present
+  step = (tf.reduce_sum(hist, 1) - tf.gather(hist, top, batch_dims=1)) // 255
+  lut = (tf.cumsum(hist, axis=1) + (step // 2)[:, None]) // tf.maximum(step, 1)[:, None]
+  lut = tf.clip_by_value(tf.concat([tf.zeros([c, 1], lut.dtype), lut[:, :-1]], 1), 0, 255)
+  lut = tf.where((step == 0)[:, None], tf.range(256)[None], lut)  # a (nearly) constant channel stays as it is
+  return tf.reshape(tf.cast(tf.gather(tf.reshape(lut, [-1]), values), img.dtype), tf.shape(img))
+
+
+def _round_half_away(v):
+  t = tf.floor(v)
+  f = v - t  # exact
+  return t + tf.cast((f > 0.5) | ((f == 0.5) & (v > 0)), v.dtype)
 
 
 def _transform(img, matrix):
-  """Nearest-neighbour projective transform; matrix maps output (x, y) pixel indices to input ones."""
+  """Nearest-neighbour affine sampling, fill 0: output pixel (x, y) takes input pixel
+  (round(a0 x + a1 y + a2), round(b0 x + b1 y + b2)) for matrix (a0, a1, a2, b0, b1, b2), in the float32 arithmetic
+  and rounding of TensorFlow's ImageProjectiveTransformV3 (NEAREST, CONSTANT), then one gather of whole pixels
+  (that kernel works the coordinates out again for every channel; BENCHMARKS.md has the timings)."""
   h, w = tf.shape(img)[0], tf.shape(img)[1]
-  out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=img[None], transforms=tf.cast(tf.reshape(matrix, [1, 8]), tf.float32), output_shape=tf.stack([h, w]),
-      fill_value=0.0, interpolation="NEAREST", fill_mode="CONSTANT")
-  return out[0]
+  x = tf.cast(tf.range(w), tf.float32)[None, :]
+  y = tf.cast(tf.range(h), tf.float32)[:, None]
+  a0, a1, a2, b0, b1, b2 = tf.unstack(tf.cast(matrix, tf.float32))
+  xi = tf.cast(_round_half_away((a0 * x + a1 * y) + a2), tf.int32)
+  yi = tf.cast(_round_half_away((b0 * x + b1 * y) + b2), tf.int32)
+  inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+  pixels = tf.gather(tf.reshape(img, [h * w, -1]), tf.where(inside, yi * w + xi, 0))
+  return pixels * tf.cast(inside, img.dtype)[..., None]
 
 
 def shear_x(img, m):  # torchvision: center [0, 0], i.e. the top-left corner of pixel (0, 0)
-  return _transform(img, tf.stack([1.0, m, 0.5 * m, 0.0, 1.0, 0.0, 0.0, 0.0]))
+  return _transform(img, tf.stack([1.0, m, 0.5 * m, 0.0, 1.0, 0.0]))
 
 
 def shear_y(img, m):
-  return _transform(img, tf.stack([1.0, 0.0, 0.0, m, 1.0, 0.5 * m, 0.0, 0.0]))
+  return _transform(img, tf.stack([1.0, 0.0, 0.0, m, 1.0, 0.5 * m]))
 
 
 def _trunc(t):  # Python's int(): toward zero, as torchvision's translate=[int(magnitude), 0]
@@ -166,7 +180,7 @@ def rotate(img, degrees):
   cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
   cos, sin = tf.cos(a), tf.sin(a)
   # x_in = cos x_c - sin y_c, y_in = sin x_c + cos y_c in coordinates centred on the image.
-  return _transform(img, tf.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0]))
+  return _transform(img, tf.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy]))
 
 
 def identity(img, _=None):
