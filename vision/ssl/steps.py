@@ -177,7 +177,7 @@ def make_train_step(nets: Networks, tx, schedules, s, num_groups: int = 1, mask_
     teacher = jax.tree.map(lambda t, p: t * m + p * (1.0 - m), state.teacher, params)
     new_state = state.replace(step=state.step + 1, params=params, teacher=teacher, centers=centers,
                               opt_state=opt_state)
-    metrics = {"loss": loss, **parts, "grad_norm": optax.global_norm(grads), "teacher_temp": temp, "momentum": m,
+    metrics = {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads), "teacher_temp": temp, "momentum": m,
                "lr": schedules.lr(state.step), "weight_decay": schedules.weight_decay(state.step),
                **collapse_metrics(cls_probs, stats["cls"])}
     return new_state, metrics

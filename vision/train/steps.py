@@ -161,7 +161,7 @@ def make_train_step(model, tx, num_classes, label_smoothing=0.0, grad_accum_step
     params = optax.apply_updates(state.params, updates)
     if frozen_stats is not None:
       batch_stats = jax.tree.map(lambda f, new, old: old if f else new, frozen_stats, batch_stats, state.batch_stats)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # any inf/nan gradient makes the norm non-finite
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     if ema:
