@@ -117,6 +117,70 @@ def test_equalize_and_posterize_equal_torchvision_on_odd_histograms():
       np.testing.assert_array_equal(_ours(augment.posterize, img, bits), F.posterize(t, bits).permute(1, 2, 0).numpy())
 
 
+def test_autocontrast_per_channel_and_translations_by_whole_pixels():
+  """autocontrast with one flat channel among stretched ones (torchvision's); translations equal numpy's shift
+  with zeros coming in, for fractional, negative and larger-than-the-image magnitudes (truncated toward zero)."""
+  torch = pytest.importorskip("torch")
+  F = pytest.importorskip("torchvision.transforms.functional")
+  rng = np.random.default_rng(5)
+  img = np.stack([rng.integers(30, 90, (9, 14)), np.full((9, 14), 201), rng.integers(0, 256, (9, 14))], -1)
+  img = img.astype(np.uint8)
+  want = F.autocontrast(torch.from_numpy(img).permute(2, 0, 1)).permute(1, 2, 0).numpy()
+  np.testing.assert_array_equal(_ours(augment.autocontrast, img), want)
+  for t in (-20.0, -14.0, -7.9, -1.0, -0.6, 0.0, 0.6, 3.7, 13.0, 14.0, 40.0):
+    for op, axis in ((augment.translate_x, 1), (augment.translate_y, 0)):
+      k, n = int(t), img.shape[axis]  # int(): toward zero, as torchvision's
+      want = np.zeros_like(img)
+      src = [slice(None)] * 2
+      dst = [slice(None)] * 2
+      src[axis], dst[axis] = (slice(0, max(n - k, 0)), slice(k, n)) if k >= 0 else (slice(-k, n), slice(0, max(n + k, 0)))
+      want[tuple(dst)] = img[tuple(src)]
+      np.testing.assert_array_equal(_ours(op, img, t), want, err_msg=f"{op.__name__}({t})")
+
+
+def test_case_runs_the_chosen_branch_as_switch_case_does():
+  """augment.case (the Case op kept, not lowered to Switch/Merge) picks what tf.switch_case picks, out-of-range
+  indices included (the last branch), eagerly, in a tf.function and in tf.data."""
+  branches = [lambda k=k: tf.constant([float(k)]) for k in range(4)]
+
+  @tf.function
+  def both(i):
+    return augment.case(i, branches), tf.switch_case(i, branches)
+
+  for i in (-3, 0, 2, 3, 4, 99):
+    ours, want = both(tf.constant(i))
+    assert ours.numpy()[0] == want.numpy()[0] == tf.switch_case(tf.constant(i), branches).numpy()[0]
+    assert augment.case(tf.constant(i), branches).numpy()[0] == want.numpy()[0]
+  got = [float(v[0]) for v in tf.data.Dataset.range(6).map(lambda i: augment.case(tf.cast(i, tf.int32), branches))]
+  assert got == [0.0, 1.0, 2.0, 3.0, 3.0, 3.0]
+  graph = both.get_concrete_function(tf.constant(0)).graph.as_graph_def()
+  cases = [n for n in graph.node if n.op.endswith("Case")]
+  assert len(cases) == 2
+  if augment._UNLOWERED_CASE:
+    assert sorted(n.attr["_lower_using_switch_merge"].b for n in cases) == [False, True]
+
+
+def test_trivialaugment_in_a_graph_gives_the_eager_ops_result():
+  """The policy traced into a graph applies exactly the op the parity tests check eagerly, at the drawn bin and
+  sign. (With the Case op lowered to Switch/Merge, graph rewrites moved 1 in ~10^3 of the blend ops' pixels by
+  one level.)"""
+  rng = np.random.default_rng(6)
+  img = tf.constant(rng.integers(0, 256, (20, 28, 3)).astype(np.float32))
+  space = augment._space(True, 28)
+  names = list(space)
+  policy = tf.function(lambda seed: augment.trivialaugment(img, seed, 28))
+  seen = set()
+  for k in range(80):
+    seed = tf.constant([k, 11])
+    op_seed, level_seed, sign_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    name = names[int(tf.random.stateless_uniform([], op_seed, 0, len(names), tf.int32))]
+    level = tf.random.stateless_uniform([], level_seed, 0, 31, tf.int32)
+    want = augment._apply(img, name, space, level, 31, sign_seed).numpy()
+    np.testing.assert_array_equal(policy(seed).numpy(), want, err_msg=f"{name} at bin {int(level)}")
+    seen.add(name)
+  assert {"Color", "Sharpness", "Brightness", "Contrast"} <= seen
+
+
 @pytest.mark.parametrize("spec", ["randaugment(n=2,m=9,mstd=0.5)", "trivialaugment", "autoaugment",
                                   "jitter(b=0.4,c=0.4,s=0.4,h=0.1)"])
 def test_policies_keep_uint8_values_and_are_deterministic(spec):

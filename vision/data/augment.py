@@ -23,10 +23,17 @@ RandAugment/TrivialAugmentWide, 10 for AutoAugment). `mstd` adds timm's
 Gaussian noise to RandAugment's magnitude, per op application, clipped to the
 bin range. Tests compare each op with torchvision's on the same images.
 """
+import functools
+import inspect
 import math
 import re
 
 import tensorflow as tf
+
+try:  # for case(); TensorFlow's internal module, so its absence only costs speed
+  from tensorflow.python.ops import cond_v2
+except ImportError:
+  cond_v2 = None
 
 from vision.errors import UserError, close_matches
 
@@ -59,7 +66,7 @@ def _grayscale(img):
 
 
 def brightness(img, v):
-  return _blend(img, tf.zeros_like(img), v)
+  return _u8((1.0 + v) * img)  # _blend with a zero image: (-v) * 0 adds a signed zero, which changes nothing
 
 
 def color(img, v):
@@ -99,19 +106,30 @@ def invert(img, _=None):
   return 255.0 - img
 
 
+def _rows(img):
+  """The image as [H, W * C] (and W): a per-channel vector tiled W times then broadcasts over the rows.
+  TensorFlow's CPU kernels are slow broadcasting along the last axis ([H, W, C] with [C] or [H, W, 1]) and
+  reducing over all axes but it; along the leading axis they are several times faster (BENCHMARKS.md)."""
+  s = tf.shape(img)
+  return tf.reshape(img, [s[0], s[1] * s[2]]), s[1]
+
+
 def autocontrast(img, _=None):
-  lo = tf.reduce_min(img, axis=(0, 1), keepdims=True)
-  hi = tf.reduce_max(img, axis=(0, 1), keepdims=True)
+  lo = tf.reduce_min(tf.reduce_min(img, 0), 0)  # per channel, the leading axis first
+  hi = tf.reduce_max(tf.reduce_max(img, 0), 0)
   flat = tf.equal(hi, lo)
   scale = tf.where(flat, 1.0, 255.0 / tf.where(flat, 1.0, hi - lo))
-  return _u8((img - tf.where(flat, 0.0, lo)) * scale)
+  rows, w = _rows(img)
+  out = (rows - tf.tile(tf.where(flat, 0.0, lo), [w])) * tf.tile(scale, [w])
+  return tf.reshape(_u8(out), tf.shape(img))
 
 
 def equalize(img, _=None):
   """torchvision's (PIL's) per-channel histogram equalisation; the channels' histograms and LUTs side by side, so
   that one bincount and one gather serve all of them."""
   c = img.shape[-1]
-  values = tf.cast(tf.reshape(img, [-1, c]), tf.int32) + tf.range(c) * 256  # channel k's values in [256k, 256k+256)
+  rows, w = _rows(img)
+  values = tf.cast(rows, tf.int32) + tf.tile(tf.range(c) * 256, [w])  # channel k's values in [256k, 256k+256)
   hist = tf.reshape(tf.math.bincount(tf.reshape(values, [-1]), minlength=256 * c, maxlength=256 * c), [c, 256])
   top = 255 - tf.argmax(tf.reverse(hist, [1]) > 0, axis=1, output_type=tf.int32)  # the highest value present
   step = (tf.reduce_sum(hist, 1) - tf.gather(hist, top, batch_dims=1)) // 255
@@ -139,8 +157,9 @@ def _transform(img, matrix):
   xi = tf.cast(_round_half_away((a0 * x + a1 * y) + a2), tf.int32)
   yi = tf.cast(_round_half_away((b0 * x + b1 * y) + b2), tf.int32)
   inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-  pixels = tf.gather(tf.reshape(img, [h * w, -1]), tf.where(inside, yi * w + xi, 0))
-  return pixels * tf.cast(inside, img.dtype)[..., None]
+  # Outside pixels take the zero pixel appended at index h * w (cheaper than masking the channels afterwards).
+  pixels = tf.concat([tf.reshape(img, [h * w, -1]), tf.zeros_like(img[:1, 0])], 0)
+  return tf.gather(pixels, tf.where(inside, yi * w + xi, h * w))
 
 
 def shear_x(img, m):  # torchvision: center [0, 0], i.e. the top-left corner of pixel (0, 0)
@@ -162,7 +181,11 @@ def _shift(img, t, axis):
   t = tf.clip_by_value(tf.cast(_trunc(t), tf.int32), -n, n)
   source = tf.range(n) - t
   keep = tf.cast((source >= 0) & (source < n), img.dtype)
-  return tf.roll(img, t, axis) * (keep[None, :, None] if axis == 1 else keep[:, None, None])
+  if axis == 0:
+    return tf.roll(img, t, 0) * keep[:, None, None]
+  rows, _ = _rows(img)  # along the width: whole pixels are runs of C values in a row
+  c = tf.shape(img)[2]
+  return tf.reshape(tf.roll(rows, t * c, 1) * tf.repeat(keep, c)[None], tf.shape(img))
 
 
 def translate_x(img, t):
@@ -221,9 +244,24 @@ def _apply(img, name, space, level, bins, sign_seed):
   return op(img, m)
 
 
+_UNLOWERED_CASE = cond_v2 is not None and "lower_using_switch_merge" in inspect.signature(
+    getattr(cond_v2, "indexed_case", lambda: None)).parameters
+
+
+def case(index, branches):
+  """tf.switch_case(index, branches), run as one function call of the chosen branch. tf.switch_case lowers its
+  Case op to Switch/Merge nodes, and then every op of every branch passes a dead tensor on for each image: with
+  the 14 branches of RandAugment's ops that costs ~0.3 ms per switch on this CPU (BENCHMARKS.md). The keyword
+  that keeps the Case op is TensorFlow's own (what its execute_fn_for_device passes), not yet public; without
+  it, the lowered switch."""
+  if _UNLOWERED_CASE and not tf.executing_eagerly():
+    return cond_v2.indexed_case(tf.convert_to_tensor(index, tf.int32), branches, lower_using_switch_merge=False)
+  return tf.switch_case(index, branches)
+
+
 def _switch(index, img, names, space, level, bins, sign_seed):
   branches = [lambda n=n: _apply(img, n, space, level, bins, sign_seed) for n in names]
-  out = tf.switch_case(index, branches)
+  out = case(index, branches)
   return tf.ensure_shape(out, img.shape)
 
 
@@ -278,14 +316,14 @@ def autoaugment(img, seed, image_size):
     def run():
       out = img
       for (name, p, level), s in zip(ops, (op_seeds[:2], op_seeds[2:])):
-        apply = tf.random.stateless_uniform([], s[0]) < p
-        applied = _apply(out, name, space, level or 0, 10, s[1])
-        out = tf.where(apply, applied, out)
+        apply = tf.cast(tf.random.stateless_uniform([], s[0]) < p, tf.int32)
+        op = functools.partial(_apply, out, name, space, level or 0, 10, s[1])
+        out = tf.ensure_shape(case(apply, [lambda out=out: out, op]), img.shape)  # a skipped op does not run
       return out
     return run
 
   index = tf.random.stateless_uniform([], policy_seed, 0, len(IMAGENET_POLICY), tf.int32)
-  return tf.ensure_shape(tf.switch_case(index, [sub_policy(ops) for ops in IMAGENET_POLICY]), img.shape)
+  return tf.ensure_shape(case(index, [sub_policy(ops) for ops in IMAGENET_POLICY]), img.shape)
 
 
 def jitter(img, seed, image_size, b=0.4, c=0.4, s=0.4, h=0.0, p=1.0):

@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from vision.data import masking, pipeline, preprocess
+from vision.data import augment, masking, pipeline, preprocess
 from vision.errors import UserError
 
 GRAY = (0.299, 0.587, 0.114)  # torchvision's rgb_to_grayscale
@@ -53,7 +53,7 @@ def color_jitter(x, seed, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
          lambda y: tf.image.adjust_hue(y, h)]
   order = tf.argsort(tf.random.stateless_uniform([4], seeds[4]))  # torch.randperm(4)
   for i in range(4):
-    x = tf.switch_case(order[i], [functools.partial(op, x) for op in ops])
+    x = augment.case(order[i], [functools.partial(op, x) for op in ops])
   return x
 
 
