@@ -244,8 +244,8 @@ def _apply(img, name, space, level, bins, sign_seed):
   return op(img, m)
 
 
-_UNLOWERED_CASE = cond_v2 is not None and "lower_using_switch_merge" in inspect.signature(
-    getattr(cond_v2, "indexed_case", lambda: None)).parameters
+_indexed_case = getattr(cond_v2, "indexed_case", None)
+_UNLOWERED_CASE = bool(_indexed_case) and "lower_using_switch_merge" in inspect.signature(_indexed_case).parameters
 
 
 def case(index, branches):
@@ -255,14 +255,13 @@ def case(index, branches):
   that keeps the Case op is TensorFlow's own (what its execute_fn_for_device passes), not yet public; without
   it, the lowered switch."""
   if _UNLOWERED_CASE and not tf.executing_eagerly():
-    return cond_v2.indexed_case(tf.convert_to_tensor(index, tf.int32), branches, lower_using_switch_merge=False)
+    return _indexed_case(tf.convert_to_tensor(index, tf.int32), branches, lower_using_switch_merge=False)
   return tf.switch_case(index, branches)
 
 
 def _switch(index, img, names, space, level, bins, sign_seed):
   branches = [lambda n=n: _apply(img, n, space, level, bins, sign_seed) for n in names]
-  out = case(index, branches)
-  return tf.ensure_shape(out, img.shape)
+  return tf.ensure_shape(case(index, branches), img.shape)
 
 
 def randaugment(img, seed, image_size, n=2, m=9.0, mstd=0.0, bins=31):
