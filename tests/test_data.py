@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+import PIL
 from PIL import Image
 
 from vision import UserError
@@ -292,6 +293,28 @@ def test_eval_resize_mode_equals_pil_resize():
     ref = np.asarray(Image.fromarray(image).resize((size, size), pil), np.float32)
     ours = preprocess.pil_resize(tf.constant(image), size, size, method).numpy()
     assert ours.shape == ref.shape and np.abs(ours - ref).max() <= 1 and np.mean(ours != ref) < 0.05
+
+
+def test_pil_resize_keeps_the_horizontal_pass_first_where_pillow_13_goes_vertical_first():
+  """Tall shrinks (h - new_h > 2 (w - new_w)): PIL's horizontal pass then its vertical pass, as two one-axis
+  resizes, which every Pillow version computes alike (Pillow <= 12's one call did the same; 13's goes vertical
+  first, and where the two orders differ we side with the older one)."""
+  from vision.data import preprocess
+  rng = np.random.default_rng(4)
+  for (h, w), (new_h, new_w), method in [((96, 47), (8, 22), "bilinear"), ((301, 200), (160, 160), "bicubic"),
+                                         ((500, 180), (284, 102), "bilinear")]:
+    assert h - new_h > 2 * (w - new_w)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    pil = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[method]
+    one_axis = lambda im, size: im.resize(size, pil)
+    horizontal_first = np.asarray(one_axis(one_axis(Image.fromarray(image), (new_w, h)), (new_w, new_h)), np.int64)
+    vertical_first = np.asarray(one_axis(one_axis(Image.fromarray(image), (w, new_h)), (new_w, new_h)), np.int64)
+    ours = preprocess.pil_resize(tf.constant(image), new_h, new_w, method).numpy()
+    assert np.abs(ours - horizontal_first).max() <= 1 and np.mean(ours != horizontal_first) < 0.05, (h, w)
+    assert np.mean(horizontal_first != vertical_first) > 0.05  # the order matters here
+    one_call = np.asarray(Image.fromarray(image).resize((new_w, new_h), pil), np.int64)
+    newer = int(PIL.__version__.split(".")[0]) >= 13
+    np.testing.assert_array_equal(one_call, vertical_first if newer else horizontal_first)
 
 
 def test_pil_resize_rows_as_one_pixel_wide_images_is_the_two_axis_resample_to_the_bit():
