@@ -1,7 +1,9 @@
 """The benchmark harness runs on CPU on a tiny model and reports sane numbers (no timing assertions)."""
 import math
 import os
+import platform
 
+import jax
 import numpy as np
 import pytest
 
@@ -125,8 +127,16 @@ def test_suite_runs_its_stages_resumes_and_reports(tmp_path):
   assert f"- lenet_uint8_sync2 / lenet: {ratio:.2f}x images/s" in report
   with open(os.path.join(out, "report.md")) as f:
     assert f.read().strip() == report
-  # A second call with --resume measures nothing again; without a budget no stage starts.
+  # The call's date, command, commit and versions head the report.
+  (env,) = bench_suite.read_envs(out)
+  assert env["packages"]["jax"] == jax.__version__ and env["command"].endswith("--plan smoke --budget 300")
+  assert report.startswith("Environment (one line per call):\n- " + env["date"])
+  assert f"jax {jax.__version__}, jaxlib " in report and f"Python {platform.python_version()}" in report
+  # A second call with --resume measures nothing again; without a budget no stage starts (nor a line of env).
   assert bench_suite.run_plan("smoke", out, budget_s=0, resume=True) == report
+  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 3
+  resumed = bench_suite.run_plan("smoke", out, budget_s=60, resume=True)
+  assert len(bench_suite.read_envs(out)) == 2 and resumed.count("`python -m vision.tools.bench_suite") == 2
   assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 3
   assert "Not measured: lenet (not run)" in bench_suite.run_plan("smoke", str(tmp_path / "none"), budget_s=0)
 

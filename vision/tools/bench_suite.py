@@ -13,10 +13,19 @@ the rows already there. Stages start while the budget lasts; the last one is
 stopped when it runs out. At the end OUT/report.md holds the table and the
 ratios: ours / the PyTorch peer, and each tool's variant / its baseline row
 (images/s and, for rematerialisation, memory). No TensorFlow is needed.
+
+Each call first appends what its figures need beside them to OUT/env.jsonl
+(without importing JAX or torch, so the driver holds no GPU memory): the date,
+the command, the commit, the machine (CPU, GPU, driver) and the versions of
+Python, JAX, jaxlib, the CUDA plugin and the NVIDIA libraries (cuDNN, cuBLAS,
+NCCL), flax, optax, torch, torchvision and timm. The report starts with them.
 """
 import argparse
+import datetime
+import importlib.metadata
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -77,6 +86,63 @@ SMOKE_PLAN = [
 PLANS = {"gpu": GPU_PLAN, "smoke": SMOKE_PLAN}
 
 
+# Distributions whose versions go beside the figures (names as pip spells them, prefixes for the families).
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy", "ml-collections",
+             "nvidia-cudnn", "nvidia-cublas", "nvidia-cuda-runtime", "nvidia-nccl", "torch", "torchvision", "timm",
+             "triton")
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(cmd):
+  if cmd[0] == "git" and not os.path.exists(os.path.join(_ROOT, ".git")):  # not some enclosing repository's
+    return None
+  try:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=_ROOT).stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def environment(argv=()) -> dict:
+  """The date, command, commit, machine and software versions, without importing JAX or torch (so that the
+  driver holds no GPU memory): the versions are the installed distributions', the GPU and driver nvidia-smi's."""
+  env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+         "command": " ".join(["python -m vision.tools.bench_suite", *argv]),
+         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+         "commit": _run(["git", "rev-parse", "--short=12", "HEAD"]),
+         "dirty": bool(_run(["git", "status", "--porcelain", "--untracked-files=no"])),
+         "python": platform.python_version(), "os": platform.platform(), "cpu_count": os.cpu_count(),
+         "gpu": _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])}
+  try:
+    with open("/proc/cpuinfo") as f:
+      env["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+  except OSError:
+    env["cpu"] = None
+  packages = {}
+  for dist in importlib.metadata.distributions():
+    name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+    if any(name == p or name.startswith(p + "-") for p in _PACKAGES):  # jax-cuda12-plugin, nvidia-cudnn-cu12
+      packages[name] = dist.version
+  env["packages"] = dict(sorted(packages.items()))
+  return env
+
+
+def format_environment(envs) -> list:
+  """One markdown bullet per call that measured rows (env.jsonl)."""
+  lines = []
+  for e in envs:
+    pk = e.get("packages", {})
+    nvidia = ", ".join(f"{k} {v}" for k, v in pk.items() if k.startswith(("jax-cuda", "nvidia-")))
+    lines.append(
+        f"- {e['date']}: `{e['command']}`" + (f" with XLA_FLAGS=`{e['xla_flags']}`" if e.get("xla_flags") else "")
+        + f"; commit {e.get('commit') or 'unknown (no git here)'}{' (with local changes)' if e.get('dirty') else ''}"
+        + f"; GPU {e.get('gpu') or '-'}; CPU {e.get('cpu')} x {e.get('cpu_count')}"
+        + f"; Python {e.get('python')}, {e.get('os')}; "
+        + ", ".join(f"{k} {pk[k]}" for k in ("jax", "jaxlib", "flax", "optax", "torch", "torchvision", "timm",
+                                             "triton") if k in pk)
+        + (f"; {nvidia}" if nvidia else ""))
+  return lines
+
+
 def read_rows(out_dir) -> dict:
   """id -> row of OUT/rows.jsonl (the last line of an id wins)."""
   path = os.path.join(out_dir, "rows.jsonl")
@@ -119,8 +185,14 @@ def run_plan(plan_name, out_dir, budget_s, resume=False) -> str:
   os.makedirs(out_dir, exist_ok=True)
   if not resume and os.path.exists(os.path.join(out_dir, "rows.jsonl")):
     os.remove(os.path.join(out_dir, "rows.jsonl"))
+  if not resume and os.path.exists(os.path.join(out_dir, "env.jsonl")):
+    os.remove(os.path.join(out_dir, "env.jsonl"))
   deadline = time.monotonic() + budget_s
   log = open(os.path.join(out_dir, "suite.log"), "a")
+  if budget_s >= 5:  # a call that can start no stage measures nothing to describe
+    argv = ["--out", out_dir, "--plan", plan_name, "--budget", f"{budget_s:g}"] + (["--resume"] if resume else [])
+    with open(os.path.join(out_dir, "env.jsonl"), "a") as f:
+      f.write(json.dumps(environment(argv)) + "\n")
   for name, flags, items in plan:
     done = read_rows(out_dir)
     if all(row_id in done and "error" not in done[row_id] for row_id, *_ in items):
@@ -146,17 +218,27 @@ def run_plan(plan_name, out_dir, budget_s, resume=False) -> str:
       print(f"[{name}] stopped: the budget ran out ({budget_s:.0f} s)", flush=True)
     log.flush()
   log.close()
-  report = format_report(plan, read_rows(out_dir))
+  report = format_report(plan, read_rows(out_dir), read_envs(out_dir))
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write(report + "\n")
   return report
 
 
-def format_report(plan, rows) -> str:
-  """The rows as a markdown table, then the planned comparisons that both sides of were measured."""
+def read_envs(out_dir) -> list:
+  path = os.path.join(out_dir, "env.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def format_report(plan, rows, envs=()) -> str:
+  """The environment of each call, the rows as a markdown table, then the planned comparisons that both sides of
+  were measured."""
   fmt = lambda v, f: "-" if v is None else f.format(v)
-  lines = ["| id | model | variant | mode | batch | dtype | img/s | step ms | compile s | MFU | mem GB | saved GB |",
-           "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+  lines = ["Environment (one line per call):", *format_environment(envs), ""] if envs else []
+  lines += ["| id | model | variant | mode | batch | dtype | img/s | step ms | compile s | MFU | mem GB | saved GB |",
+            "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
   compare, missing = [], []
   for name, flags, items in plan:
     for row_id, kind, kwargs, against in items:
