@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vision.data import masking, multicrop
+from vision.data import augment, masking, multicrop
 from vision.train.config import default_config
 
 
@@ -136,7 +136,7 @@ def test_crops_resize_as_pil_and_solarize_exactly():
     # One unrounded two-axis resample: 86% / 77% equal, up to 16 levels apart on this noise.
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99
   x = np.concatenate([rng.uniform(0, 1, 999), [0.0, 1.0, 128 / 255]]).astype(np.float32)
-  got = multicrop.solarize(tf.constant(x)).numpy()
+  got = augment.solarize(tf.constant(x), 128 / 255, top=1.0).numpy()
   assert np.array_equal(got.view(np.uint32), tf.where(x >= 128 / 255, 1.0 - x, x).numpy().view(np.uint32))
   assert got[-1] == np.float32(1.0) - np.float32(128 / 255) and got[-3] == 0.0 and got[-2] == 0.0
 
