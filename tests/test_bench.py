@@ -141,6 +141,50 @@ def test_suite_runs_its_stages_resumes_and_reports(tmp_path):
   assert "Not measured: lenet (not run)" in bench_suite.run_plan("smoke", str(tmp_path / "none"), budget_s=0)
 
 
+def test_gpu_plan_is_sound_before_a_gpu_spends_time_on_it(monkeypatch):
+  """Every row of the GPU plan names a function that takes its arguments, every comparison names a row of the
+  plan, and each of our distinct networks builds and traces at its real size and dtype (under jax.eval_shape:
+  nothing is compiled). A typo here would otherwise surface only as an error row of a scarce GPU run."""
+  import inspect
+
+  from conftest import ROOT
+  from vision import cli
+  from vision.tools import bench_suite
+  plan = bench_suite.GPU_PLAN
+  assert len({name for name, *_ in plan}) == len(plan)
+  rows = {row_id: (kind, kwargs, against) for _, _, items in plan for row_id, kind, kwargs, against in items}
+  assert len(rows) == sum(len(items) for *_, items in plan)  # ids are unique
+  traced = set()
+  for row_id, (kind, kwargs, against) in rows.items():
+    for what, other in against.items():
+      assert what in ("peer", "baseline") and other in rows, (row_id, what, other)
+      assert (rows[other][0] == "torch") == (what == "peer"), (row_id, other)  # peers are PyTorch's rows
+    fn, args = bench_suite.row_call(kind, kwargs)
+    inspect.signature(fn).bind(**args)
+    if kind == "ours":
+      # cuDNN attention raises at trace time without a GPU; XLA's attention traces the same network.
+      args = {**args, "attn_implementation": "xla"} if "attn_implementation" in args else args
+      named = inspect.signature(bench.bench).parameters  # the rest goes to the model: a typo lands there
+      key = (args["model_name"], args.get("dtype"), args.get("mode"), args.get("uint8"),
+             tuple(sorted((k, v) for k, v in args.items() if k not in named)))
+      if key not in traced:
+        traced.add(key)
+        row = bench.bench(**args, saved_only=True)
+        assert row["batch"] == 256 and row["image_size"] == 224, row_id
+        assert (row["saved_for_backward_gb"] or 0) > 0 or row["mode"] == "infer", row_id
+    elif kind == "dinov2":
+      monkeypatch.chdir(ROOT)  # the device run's working directory
+      config = cli.load_config_file(args["config_spec"])
+      assert config.task == "dinov2" and config.train.batch_size == 256, row_id
+  assert len(traced) >= 6  # ResNet-50 bf16/fp32/uint8/remat/infer, ViT-B/16 with and without remat
+  timm = pytest.importorskip("timm")
+  torchvision = pytest.importorskip("torchvision")
+  for kind, kwargs, _ in rows.values():
+    if kind == "torch":
+      name = kwargs["model_name"]
+      assert name in torchvision.models.list_models() or name in timm.list_models(name), name
+
+
 def test_suite_report_compares_with_peers_and_baselines():
   from vision.tools import bench_suite
   plan = [("s", "", [("a", "ours", {}, {"peer": "t"}), ("t", "torch", {}, {}),

@@ -156,6 +156,18 @@ def read_rows(out_dir) -> dict:
   return rows
 
 
+def row_call(kind, kwargs):
+  """The function that measures a row of this kind, and its keyword arguments."""
+  from vision.tools import bench, bench_torch  # torch itself is imported only when a torch row runs
+  if kind == "dinov2":
+    return bench.bench_dinov2, kwargs
+  if kind == "ours":
+    return bench.bench, kwargs
+  if kind == "torch":
+    return bench_torch.bench, {{"steps_timed": "steps"}.get(k, k): v for k, v in kwargs.items()}
+  raise ValueError(f"a row's kind is 'ours', 'dinov2' or 'torch', not {kind!r}")
+
+
 def run_stage(plan, stage_name, out_dir, skip=()):
   """Runs one stage's rows in this process, appending each to OUT/rows.jsonl as it finishes."""
   _, _, items = next(s for s in plan if s[0] == stage_name)
@@ -163,14 +175,9 @@ def run_stage(plan, stage_name, out_dir, skip=()):
     if row_id in skip:
       continue
     start = time.perf_counter()
-    from vision.tools import bench, bench_torch  # torch itself is imported only by a torch row
     try:
-      if kind == "dinov2":
-        row = bench.bench_dinov2(**kwargs)
-      elif kind == "ours":
-        row = bench.bench(**kwargs)
-      else:
-        row = bench_torch.bench(**{{"steps_timed": "steps"}.get(k, k): v for k, v in kwargs.items()})
+      fn, args = row_call(kind, kwargs)
+      row = fn(**args)
     except Exception as e:  # one row's failure (an OOM, an unknown flag's error) must not cost the others
       row = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]}
     row.update(id=row_id, kind=kind, stage=stage_name, wall_s=time.perf_counter() - start)
