@@ -25,6 +25,25 @@ def test_bench_reports_positive_finite_numbers_and_mfu_from_cost_analysis(mode):
   assert row["images_per_sec"] == pytest.approx(8 / (row["step_ms"] / 1e3))
   table = bench.format_rows([row])
   assert "lenet5" in table and "MFU" in table
+  # No device statistics on XLA:CPU: the memory is XLA's buffer sizes of the compiled step.
+  assert row["memory_source"] == "xla_buffers" and row["peak_memory_gb"] == row["xla_buffers_gb"] > 0
+  assert " (XLA)" in table and "mem GB (XLA): XLA's buffer sizes" in table
+
+
+def test_a_rows_memory_is_its_own_peak_or_says_it_is_not():
+  """JAX cannot reset the device's high-water mark: later rows of one process see the earlier rows' peaks."""
+  gib = 2**30
+  first = bench.row_memory({"bytes_in_use": 0, "peak_bytes_in_use": 0},
+                           {"bytes_in_use": gib, "peak_bytes_in_use": 9 * gib}, 8 * gib)
+  assert first == (9 * gib, "device")
+  # A bigger second row, with 1 GiB left over from the first: its own peak is above what it found in use.
+  assert bench.row_memory({"bytes_in_use": gib, "peak_bytes_in_use": 9 * gib},
+                          {"bytes_in_use": gib, "peak_bytes_in_use": 13 * gib}, 11 * gib) == (12 * gib, "device")
+  # A smaller one leaves the mark where it was: its peak is unknown, and XLA's buffer sizes stand in, said so.
+  size, source = bench.row_memory({"bytes_in_use": 0, "peak_bytes_in_use": 9 * gib},
+                                  {"bytes_in_use": 0, "peak_bytes_in_use": 9 * gib}, 5 * gib)
+  assert size == 5 * gib and source.startswith("xla_buffers (an earlier row")
+  assert bench.row_memory({}, {}, 5 * gib) == (5 * gib, "xla_buffers") and bench.row_memory({}, {}, None)[0] is None
 
 
 def test_unknown_peak_gives_no_mfu_and_batch_must_divide():
@@ -190,16 +209,23 @@ def test_suite_report_compares_with_peers_and_baselines():
   plan = [("s", "", [("a", "ours", {}, {"peer": "t"}), ("t", "torch", {}, {}),
                      ("a_remat", "ours", {}, {"baseline": "a"}), ("b", "ours", {}, {"peer": "t"})])]
   row = dict(model="m", mode="train", batch=8, dtype="bfloat16", step_ms=1.0, variant="")
-  rows = {"a": {**row, "images_per_sec": 300.0, "peak_memory_gb": 4.0, "saved_for_backward_gb": 2.0},
-          "t": {**row, "images_per_sec": 200.0, "compile": True, "library": "torchvision"},
-          "a_remat": {**row, "images_per_sec": 240.0, "peak_memory_gb": 3.0, "saved_for_backward_gb": 0.5,
+  device = dict(memory_source="device", xla_buffers_gb=3.5)
+  rows = {"a": {**row, **device, "images_per_sec": 300.0, "peak_memory_gb": 4.0, "saved_for_backward_gb": 2.0},
+          "t": {**row, "images_per_sec": 200.0, "compile": True, "library": "torchvision", "peak_memory_gb": 5.0},
+          "a_remat": {**row, **device, "images_per_sec": 240.0, "peak_memory_gb": 3.0, "saved_for_backward_gb": 0.5,
                       "variant": "remat"},
           "b": {"error": "XlaRuntimeError: RESOURCE_EXHAUSTED"}}
   report = bench_suite.format_report(plan, rows)
-  assert "- a / t: 1.50x images/s (peer)" in report
+  assert "- a / t: 1.50x images/s, 0.80x peak memory (peer)" in report
   assert "- a_remat / a: 0.80x images/s, 0.75x peak memory, 0.25x saved for the backward (baseline)" in report
   assert "| t | m | torch.compile |" in report and "| a_remat | m | remat |" in report
-  assert "Not measured: b (XlaRuntimeError: RESOURCE_EXHAUSTED)" in report
+  assert "Not measured: b (XlaRuntimeError: RESOURCE_EXHAUSTED)" in report and "(XLA)" not in report
+  # A row whose device peak was an earlier row's: XLA's buffers on both sides, never against the device's peak.
+  rows["a_remat"].update(memory_source="xla_buffers (an earlier row in this process set the device's peak)",
+                         peak_memory_gb=1.75, xla_buffers_gb=1.75)
+  report = bench_suite.format_report(plan, rows)
+  assert "- a_remat / a: 0.80x images/s, 0.50x XLA buffers, 0.25x saved for the backward (baseline)" in report
+  assert "| 1.75 (XLA) |" in report and "mem GB (XLA): XLA's argument" in report
 
 
 def test_dinov2_step_row_from_a_config():

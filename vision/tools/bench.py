@@ -14,8 +14,12 @@ lower + compile of the step. FLOPs per step come from XLA's cost analysis of the
 compiled step (one device's share, times the devices for the table); model
 FLOPs utilisation (MFU) = one device's FLOPs / step time / one device's peak, with
 the peak from --peak-tflops or, for known accelerators, their dense bf16 (or
-fp32) peak. Peak memory is the device's peak_bytes_in_use where the backend
-reports it (GPU, TPU), else XLA's argument + temporary buffer sizes of the step.
+fp32) peak. Peak memory is the most device memory in use during the row, above
+what was in use when it started, where the backend reports it (GPU, TPU) and the
+row raised the process's peak_bytes_in_use (JAX cannot reset that peak, so in a
+table a row below an earlier row's peak cannot be told apart); otherwise it is
+XLA's argument + temporary + output buffer sizes of the compiled step, which
+every row also reports as xla_buffers_gb (memory_source says which).
 --torch runs vision/tools/bench_torch.py (torchvision/timm, AMP, channels_last,
 optionally torch.compile) on the same device and batch in a subprocess and
 prints the ratio.
@@ -36,6 +40,7 @@ recompute cheap elementwise values in the backward and keep less), which --remat
 shrinks; --saved-only reports just that, without compiling.
 """
 import argparse
+import gc
 import itertools
 import json
 import os
@@ -107,6 +112,7 @@ def bench(model_name: str, batch: int, dtype: str = "float32", mode: str = "trai
   n_dev = mesh.devices.size
   if batch % n_dev:
     raise UserError(f"--batch {batch} is not divisible by the {n_dev} devices")
+  memory_before = device_memory()  # before the row allocates anything
   model = create_model(model_name, num_classes=num_classes, dtype=steps.compute_dtype(dtype), **model_kwargs)
   tx = _optimizer(optimizer)
   shape = (batch, size, size, info.in_channels)
@@ -152,16 +158,40 @@ def bench(model_name: str, batch: int, dtype: str = "float32", mode: str = "trai
     args = lambda state, data: (variables, data["image"])
 
   row = measure(fn, args, state, batches, mode == "train", batch, n_dev, steps_timed, warmup, sync_every,
-                peak_tflops or device_peak_tflops(dtype))
+                peak_tflops or device_peak_tflops(dtype), memory_before)
   return {**common, **row, "remat": bool(model_kwargs.get("remat")), "donate": donate, "uint8": uint8,
           "feed": feed, "prefetch": prefetch if feed == "host" else None}
 
 
-def measure(fn, args, state, batches, carries_state, batch, n_dev, steps_timed, warmup, sync_every, peak) -> dict:
+def device_memory() -> dict:
+  """The first device's allocator statistics ({} where the backend has none, as XLA:CPU), after freeing what
+  only reference cycles keep alive (an earlier row's arrays must not be freed in the middle of this one)."""
+  gc.collect()
+  return jax.devices()[0].memory_stats() or {}
+
+
+def row_memory(before: dict, after: dict, xla_bytes: int | None) -> tuple[int | None, str]:
+  """(peak bytes, source) of a row, from the device's statistics before and after it and XLA's buffer sizes.
+
+  peak_bytes_in_use is the process's high-water mark and JAX has no call to reset it: it is this row's peak only
+  where the row raised it; then what was already in use when the row began is not the row's. Otherwise (no
+  device statistics, or an earlier row of the same process went higher) XLA's buffer sizes stand in."""
+  peak = after.get("peak_bytes_in_use")
+  if peak and peak > before.get("peak_bytes_in_use", 0):
+    return peak - before.get("bytes_in_use", 0), "device"
+  if peak:
+    return xla_bytes, "xla_buffers (an earlier row in this process set the device's peak)"
+  return xla_bytes, "xla_buffers"
+
+
+def measure(fn, args, state, batches, carries_state, batch, n_dev, steps_timed, warmup, sync_every, peak,
+            memory_before=None) -> dict:
   """Compiles fn(*args(state, batch)) and times it: the timing, FLOPs, MFU and memory part of a row.
 
   carries_state: fn returns (new state, ...) and the next step takes the new state (a train step).
+  memory_before: device_memory() from before the row allocated its state (default: now).
   """
+  memory_before = device_memory() if memory_before is None else memory_before
   data = next(batches)
   start = time.perf_counter()
   compiled = fn.lower(*args(state, data)).compile()
@@ -188,17 +218,17 @@ def measure(fn, args, state, batches, carries_state, batch, n_dev, steps_timed, 
     run(1)
   times = [run(sync_every) for _ in range(steps_timed // sync_every)]
   step_s = statistics.median(times)
-  stats = jax.devices()[0].memory_stats() or {}
-  peak_bytes = stats.get("peak_bytes_in_use") or (
-      memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-      if memory is not None else None)
+  xla_bytes = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
+               - memory.alias_size_in_bytes) if memory is not None else None
+  peak_bytes, memory_source = row_memory(memory_before, device_memory(), xla_bytes)
   achieved = device_flops / step_s / 1e12  # per device, like the peak
   return {"devices": n_dev, "device_kind": jax.devices()[0].device_kind, "images_per_sec": batch / step_s,
           "step_ms": step_s * 1e3, "step_ms_p10": float(np.percentile(times, 10)) * 1e3,
           "step_ms_p90": float(np.percentile(times, 90)) * 1e3, "compile_s": compile_s,
           "gflops_per_step": device_flops * n_dev / 1e9, "achieved_tflops": achieved, "peak_tflops": peak,
           "mfu": achieved / peak if peak else None, "peak_memory_gb": peak_bytes / 2**30 if peak_bytes else None,
-          "memory_source": "device" if stats.get("peak_bytes_in_use") else "xla_buffers", "sync_every": sync_every,
+          "memory_source": memory_source, "xla_buffers_gb": xla_bytes / 2**30 if xla_bytes else None,
+          "sync_every": sync_every,
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__}
 
 
@@ -221,6 +251,7 @@ def bench_dinov2(config_spec: str, steps_timed: int = 20, warmup: int = 3, sync_
   n_dev = mesh.devices.size
   if t.batch_size % n_dev:
     raise UserError(f"the config's batch {t.batch_size} is not divisible by the {n_dev} devices")
+  memory_before = device_memory()
   nets = ssl_loop.build_networks(config)
   # The schedules' values (lr, temperatures, momentum) do not change the step's work; any lengths do.
   sched = schedules.make_schedules(config, steps_per_epoch=1000, total_steps=100_000)
@@ -242,7 +273,7 @@ def bench_dinov2(config_spec: str, steps_timed: int = 20, warmup: int = 3, sync_
                                         tuple(s.mask_ratio))}
   batch = mesh_lib.to_global(batch, batch_sharding)
   row = measure(fn, lambda state, data: (state, data), state, itertools.repeat(batch), True, t.batch_size, n_dev,
-                steps_timed, warmup, sync_every, peak_tflops or device_peak_tflops(config.model.dtype))
+                steps_timed, warmup, sync_every, peak_tflops or device_peak_tflops(config.model.dtype), memory_before)
   return {"model": config.model.name, "variant": f"dinov2 {s.local_crops}x{s.local_crop_size}+2x{s.global_crop_size}",
           "mode": "train", "batch": t.batch_size, "image_size": s.global_crop_size, "dtype": config.model.dtype,
           "config": config_spec, **row}
@@ -264,11 +295,14 @@ def format_rows(rows: list[dict]) -> str:
           ("saved_for_backward_gb", "saved GB", "{:.3g}"),
           ("torch_images_per_sec", "torch img/s", "{:,.1f}"), ("ratio", "ours/torch", "{:.2f}")]
   cols = [c for c in cols if any(r.get(c[0]) not in (None, "") for r in rows)]
-  body = [[("-" if r.get(k) is None else f.format(r[k])) for k, _, f in cols] for r in rows]
+  xla = lambda r, k: k == "peak_memory_gb" and r.get("memory_source", "device") != "device"  # see row_memory
+  body = [[("-" if r.get(k) is None else f.format(r[k]) + " (XLA)" * xla(r, k)) for k, _, f in cols] for r in rows]
   widths = [max(len(h), *(len(b[i]) for b in body)) for i, (_, h, _) in enumerate(cols)]
   left = sum(1 for k, _, _ in cols if k in ("model", "variant", "mode", "batch", "dtype"))
   line = lambda cells: "  ".join(c.rjust(w) if i >= left else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-  return "\n".join([line([h for _, h, _ in cols])] + [line(b) for b in body])
+  legend = ["mem GB (XLA): XLA's buffer sizes of the compiled step; the device reported no peak of the row's own"]
+  return "\n".join([line([h for _, h, _ in cols])] + [line(b) for b in body]
+                   + legend * any(xla(r, "peak_memory_gb") and r.get("peak_memory_gb") for r in rows))
 
 
 def torch_peer(row: dict, compile_: bool, timeout: int = 1800) -> dict:

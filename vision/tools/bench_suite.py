@@ -12,7 +12,8 @@ cut short by --budget or by the machine keeps what it measured. --resume skips
 the rows already there. Stages start while the budget lasts; the last one is
 stopped when it runs out. At the end OUT/report.md holds the table and the
 ratios: ours / the PyTorch peer, and each tool's variant / its baseline row
-(images/s and, for rematerialisation, memory). No TensorFlow is needed.
+(images/s, and memory: the device's peak where both rows measured their own,
+else XLA's buffer sizes of both compiled steps). No TensorFlow is needed.
 
 Each call first appends what its figures need beside them to OUT/env.jsonl
 (without importing JAX or torch, so the driver holds no GPU memory): the date,
@@ -239,6 +240,11 @@ def read_envs(out_dir) -> list:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def _on_device(row) -> bool:
+  """Whether a row's peak_memory_gb was measured on the device (PyTorch's rows: whenever it has one)."""
+  return row.get("memory_source", "device") == "device" and row.get("peak_memory_gb") is not None
+
+
 def format_report(plan, rows, envs=()) -> str:
   """The environment of each call, the rows as a markdown table, then the planned comparisons that both sides of
   were measured."""
@@ -257,20 +263,27 @@ def format_report(plan, rows, envs=()) -> str:
       if flags:
         variant = ",".join(filter(None, [variant, flags]))
       mem = r.get("peak_memory_gb")
+      on_device = _on_device(r)
       lines.append(f"| {row_id} | {r['model']} | {variant or '-'} | {r['mode']} | {r['batch']} | {r['dtype']} | "
                    f"{r['images_per_sec']:,.1f} | {r['step_ms']:.1f} | "
                    f"{fmt(r.get('compile_s', r.get('first_step_s')), '{:.1f}')} | {fmt(r.get('mfu'), '{:.1%}')} | "
-                   f"{fmt(mem, '{:.2f}')} | {fmt(r.get('saved_for_backward_gb'), '{:.3g}')} |")
+                   f"{fmt(mem, '{:.2f}')}{'' if on_device or mem is None else ' (XLA)'} | "
+                   f"{fmt(r.get('saved_for_backward_gb'), '{:.3g}')} |")
       for what, other_id in sorted(against.items()):
         other = rows.get(other_id)
         if other is None or "error" in other:
           continue
         text = f"- {row_id} / {other_id}: {r['images_per_sec'] / other['images_per_sec']:.2f}x images/s"
-        if other.get("peak_memory_gb") and mem:
+        if on_device and _on_device(other) and mem and other.get("peak_memory_gb"):
           text += f", {mem / other['peak_memory_gb']:.2f}x peak memory"
+        elif r.get("xla_buffers_gb") and other.get("xla_buffers_gb"):  # both ours; one or both off the device
+          text += f", {r['xla_buffers_gb'] / other['xla_buffers_gb']:.2f}x XLA buffers"
         if r.get("saved_for_backward_gb") and other.get("saved_for_backward_gb"):
           text += f", {r['saved_for_backward_gb'] / other['saved_for_backward_gb']:.2f}x saved for the backward"
         compare.append(text + f" ({what})")
+  if any(" (XLA) |" in line for line in lines):
+    lines.append("\nmem GB (XLA): XLA's argument + temporary + output buffers of the compiled step, where the "
+                 "device reported no peak of this row's own (bench.row_memory).")
   out = lines + ["", "Comparisons (same run):"] + (compare or ["- none measured"])
   if missing:
     out += ["", "Not measured: " + "; ".join(missing)]

@@ -10,10 +10,12 @@ else from timm. bfloat16 runs under torch.autocast with float32 parameters,
 the usual AMP setup. Set up as the reference training scripts do:
 cudnn.benchmark on (torchvision's train.py, timm's train.py), and --compile
 compiles the model (timm's train.py --torchcompile; the optimizer step stays
-eager, in PyTorch's default multi-tensor form). A benchmarking tool: torch is
-imported only here.
+eager, in PyTorch's default multi-tensor form). Peak memory is the row's own:
+torch.cuda.max_memory_allocated after a reset at its start, less what was
+allocated then. A benchmarking tool: torch is imported only here.
 """
 import argparse
+import gc
 import json
 import statistics
 import time
@@ -31,6 +33,10 @@ def bench(model_name, batch, mode="train", image_size=224, dtype="bfloat16", com
           optimizer="sgd", channels_last=True):
   import torch
   device = "cuda" if torch.cuda.is_available() else "cpu"
+  if device == "cuda":  # the peak is this row's alone, above what an earlier row of the process left allocated
+    gc.collect()
+    torch.cuda.reset_peak_memory_stats()
+    allocated_before = torch.cuda.memory_allocated()
   torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolution algorithms
   model, library = build(model_name)
   model = model.to(device)
@@ -73,7 +79,7 @@ def bench(model_name, batch, mode="train", image_size=224, dtype="bfloat16", com
     if i >= warmup:
       times.append(elapsed)
   step_s = statistics.median(times)
-  peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+  peak = (torch.cuda.max_memory_allocated() - allocated_before) / 2**30 if device == "cuda" else None
   return {"model": model_name, "library": library, "mode": mode, "batch": batch, "image_size": image_size,
           "dtype": dtype, "compile": compile_, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
           "images_per_sec": batch / step_s, "step_ms": step_s * 1e3, "first_step_s": compile_s,
