@@ -150,12 +150,18 @@ def test_checkpoint_that_does_not_fit_and_empty_workdir(digits_run, data_dir, tm
 def test_training_core_imports_and_steps_without_tensorflow():
   code = r"""
 import sys
-sys.modules['tensorflow'] = None  # any import of TensorFlow now fails
+# Any import of TensorFlow now fails, and of what the GPU machine is not known to have (einops, scikit-learn,
+# matplotlib: it has JAX, flax, optax, orbax, chex, torch, torchvision, timm and their dependencies).
+for name in ('tensorflow', 'tensorflow_datasets', 'einops', 'sklearn', 'matplotlib'):
+  sys.modules[name] = None
 import jax, jax.numpy as jnp, numpy as np
 from vision.train import checkpoint, config, loop, mesh, optim, steps, writers
 from vision.evaluators import classification
 from vision.models import create_model
 from vision.tools import bench, bench_suite  # the GPU benchmarks run where TensorFlow is not installed
+from vision import cli
+from vision.ssl import loop as ssl_loop  # and bench --dinov2's step
+ssl_loop.build_networks(cli.load_config_file('configs/dinov2_vits14_imagenet.py:batch=256'))
 model = create_model('lenet5', num_classes=10)
 o = config.default_config().optim
 tx = optim.make_optimizer(o, 0.1)
