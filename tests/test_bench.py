@@ -1,4 +1,5 @@
 """The benchmark harness runs on CPU on a tiny model and reports sane numbers (no timing assertions)."""
+import json
 import math
 import os
 import platform
@@ -154,9 +155,16 @@ def test_suite_runs_its_stages_resumes_and_reports(tmp_path):
   # A second call with --resume measures nothing again; without a budget no stage starts (nor a line of env).
   assert bench_suite.run_plan("smoke", out, budget_s=0, resume=True) == report
   assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 3
+  # A failed row (as an out-of-memory would leave) is not run again on --resume, only with --retry-errors.
+  with open(os.path.join(out, "rows.jsonl"), "a") as f:
+    f.write(json.dumps({"id": "lenet_flag", "error": "XlaRuntimeError: RESOURCE_EXHAUSTED", "stage": "b"}) + "\n")
   resumed = bench_suite.run_plan("smoke", out, budget_s=60, resume=True)
   assert len(bench_suite.read_envs(out)) == 2 and resumed.count("`python -m vision.tools.bench_suite") == 2
-  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 3
+  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 4
+  assert "Not measured: lenet_flag (XlaRuntimeError: RESOURCE_EXHAUSTED)" in resumed
+  retried = bench_suite.run_plan("smoke", out, budget_s=60, resume=True, retry_errors=True)
+  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 5 and "Not measured" not in retried
+  assert bench_suite.read_rows(out)["lenet_flag"]["images_per_sec"] > 0 and "--retry-errors" in retried
   assert "Not measured: lenet (not run)" in bench_suite.run_plan("smoke", str(tmp_path / "none"), budget_s=0)
 
 

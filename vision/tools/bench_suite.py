@@ -9,7 +9,9 @@ of its own (the PyTorch peers never share the GPU with a JAX process holding
 its memory; a stage's XLA_FLAGS stay its own; a crash or a timeout costs one
 stage), and appends one JSON line per finished row to OUT/rows.jsonl, so a run
 cut short by --budget or by the machine keeps what it measured. --resume skips
-the rows already there. Stages start while the budget lasts; the last one is
+the rows already there, the failed ones too (an out-of-memory or an unsupported
+kernel fails again, and would spend a scarce GPU's minutes on each call) unless
+--retry-errors is given. Stages start while the budget lasts; the last one is
 stopped when it runs out. At the end OUT/report.md holds the table and the
 ratios: ours / the PyTorch peer, and each tool's variant / its baseline row
 (images/s, and memory: the device's peak where both rows measured their own,
@@ -187,7 +189,12 @@ def run_stage(plan, stage_name, out_dir, skip=()):
     print(f"[{stage_name}] {row_id}: " + (row.get("error") or f"{row['images_per_sec']:,.1f} img/s"), flush=True)
 
 
-def run_plan(plan_name, out_dir, budget_s, resume=False) -> str:
+def settled(out_dir, retry_errors=False) -> set:
+  """Ids of the rows that a resumed call skips: those in OUT/rows.jsonl, less the failed ones with retry_errors."""
+  return {k for k, r in read_rows(out_dir).items() if not (retry_errors and "error" in r)}
+
+
+def run_plan(plan_name, out_dir, budget_s, resume=False, retry_errors=False) -> str:
   """Every stage that the budget lets start, each in a subprocess; returns the report (also in OUT/report.md)."""
   plan = PLANS[plan_name]
   os.makedirs(out_dir, exist_ok=True)
@@ -198,12 +205,12 @@ def run_plan(plan_name, out_dir, budget_s, resume=False) -> str:
   deadline = time.monotonic() + budget_s
   log = open(os.path.join(out_dir, "suite.log"), "a")
   if budget_s >= 5:  # a call that can start no stage measures nothing to describe
-    argv = ["--out", out_dir, "--plan", plan_name, "--budget", f"{budget_s:g}"] + (["--resume"] if resume else [])
+    argv = (["--out", out_dir, "--plan", plan_name, "--budget", f"{budget_s:g}"] + ["--resume"] * resume
+            + ["--retry-errors"] * retry_errors)
     with open(os.path.join(out_dir, "env.jsonl"), "a") as f:
       f.write(json.dumps(environment(argv)) + "\n")
   for name, flags, items in plan:
-    done = read_rows(out_dir)
-    if all(row_id in done and "error" not in done[row_id] for row_id, *_ in items):
+    if all(row_id in settled(out_dir, retry_errors) for row_id, *_ in items):
       continue
     left = deadline - time.monotonic()
     if left < 5:
@@ -212,7 +219,8 @@ def run_plan(plan_name, out_dir, budget_s, resume=False) -> str:
     env = dict(os.environ)
     if flags:
       env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
-    cmd = [sys.executable, "-m", "vision.tools.bench_suite", "--plan", plan_name, "--out", out_dir, "--stage", name]
+    cmd = [sys.executable, "-m", "vision.tools.bench_suite", "--plan", plan_name, "--out", out_dir, "--stage", name,
+           *["--retry-errors"] * retry_errors]
     try:
       proc = subprocess.run(cmd, env=env, timeout=left, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       log.write(proc.stdout)
@@ -295,14 +303,16 @@ def main(argv=None):
   p.add_argument("--out", required=True, help="folder for rows.jsonl, suite.log and report.md")
   p.add_argument("--plan", default="gpu", choices=sorted(PLANS))
   p.add_argument("--budget", type=float, default=540.0, help="seconds; no stage starts after it, the last is stopped")
-  p.add_argument("--resume", action="store_true", help="keep OUT/rows.jsonl and skip its rows")
+  p.add_argument("--resume", action="store_true", help="keep OUT/rows.jsonl and skip its rows, failed ones too")
+  p.add_argument("--retry-errors", action="store_true", help="with --resume: run the failed rows again")
   p.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
   args = p.parse_args(argv)
   if args.stage:
-    done = {k for k, r in read_rows(args.out).items() if "error" not in r}
-    run_stage(PLANS[args.plan], args.stage, args.out, skip=done)
+    run_stage(PLANS[args.plan], args.stage, args.out, skip=settled(args.out, args.retry_errors))
     return
-  print(run_plan(args.plan, args.out, args.budget, args.resume))
+  if args.retry_errors and not args.resume:
+    p.error("--retry-errors goes with --resume")
+  print(run_plan(args.plan, args.out, args.budget, args.resume, args.retry_errors))
 
 
 if __name__ == "__main__":
