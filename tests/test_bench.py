@@ -3,6 +3,7 @@ import json
 import math
 import os
 import platform
+import re
 
 import jax
 import numpy as np
@@ -139,8 +140,15 @@ def test_suite_runs_its_stages_resumes_and_reports(tmp_path):
   out = str(tmp_path / "suite")
   report = bench_suite.run_plan("smoke", out, budget_s=300)
   rows = bench_suite.read_rows(out)
-  assert set(rows) == {"lenet", "lenet_uint8_sync2", "lenet_flag"}
-  assert all(r["images_per_sec"] > 0 for r in rows.values())
+  assert set(rows) == {"lenet", "lenet_uint8_sync2", "lenet_flag", "lenet_abort", "lenet_abort_2"}
+  assert all(rows[k]["images_per_sec"] > 0 for k in ("lenet", "lenet_uint8_sync2", "lenet_flag"))
+  # Stage c's unknown XLA flag aborts its process (as XLA's fatal checks do): that row is failed, and a new process
+  # goes on with the stage's next row (which aborts too).
+  crash = f"lenet_abort ({rows['lenet_abort']['error']}); lenet_abort_2 ({rows['lenet_abort_2']['error']})"
+  assert rows["lenet_abort"]["kind"] == "crash" and f"Not measured: {crash}" in report
+  assert re.fullmatch(r"the stage's process exited with status -?[1-9]\d* in this row \(see suite.log\)",
+                      rows["lenet_abort"]["error"])
+  assert "Unknown flag in XLA_FLAGS: --xla_no_such_flag" in open(os.path.join(out, "suite.log")).read()
   assert "--xla_cpu_enable_fast_math=false" in rows["lenet_flag"]["xla_flags"]  # its stage's own XLA_FLAGS
   assert rows["lenet"]["stage"] == "a" and rows["lenet_flag"]["stage"] == "b"
   ratio = rows["lenet_uint8_sync2"]["images_per_sec"] / rows["lenet"]["images_per_sec"]
@@ -154,17 +162,18 @@ def test_suite_runs_its_stages_resumes_and_reports(tmp_path):
   assert f"jax {jax.__version__}, jaxlib " in report and f"Python {platform.python_version()}" in report
   # A second call with --resume measures nothing again; without a budget no stage starts (nor a line of env).
   assert bench_suite.run_plan("smoke", out, budget_s=0, resume=True) == report
-  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 3
+  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 5
   # A failed row (as an out-of-memory would leave) is not run again on --resume, only with --retry-errors.
   with open(os.path.join(out, "rows.jsonl"), "a") as f:
     f.write(json.dumps({"id": "lenet_flag", "error": "XlaRuntimeError: RESOURCE_EXHAUSTED", "stage": "b"}) + "\n")
   resumed = bench_suite.run_plan("smoke", out, budget_s=60, resume=True)
   assert len(bench_suite.read_envs(out)) == 2 and resumed.count("`python -m vision.tools.bench_suite") == 2
-  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 4
-  assert "Not measured: lenet_flag (XlaRuntimeError: RESOURCE_EXHAUSTED)" in resumed
+  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 6  # no failed row ran again
+  assert f"Not measured: lenet_flag (XlaRuntimeError: RESOURCE_EXHAUSTED); {crash}" in resumed
   retried = bench_suite.run_plan("smoke", out, budget_s=60, resume=True, retry_errors=True)
-  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 5 and "Not measured" not in retried
+  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 9  # all three ran again; the aborts abort
   assert bench_suite.read_rows(out)["lenet_flag"]["images_per_sec"] > 0 and "--retry-errors" in retried
+  assert f"Not measured: {crash}" in retried
   assert "Not measured: lenet (not run)" in bench_suite.run_plan("smoke", str(tmp_path / "none"), budget_s=0)
 
 

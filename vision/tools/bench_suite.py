@@ -6,8 +6,9 @@
 
 The plan is a list of stages in priority order. Each stage runs in a subprocess
 of its own (the PyTorch peers never share the GPU with a JAX process holding
-its memory; a stage's XLA_FLAGS stay its own; a crash or a timeout costs one
-stage), and appends one JSON line per finished row to OUT/rows.jsonl, so a run
+its memory; a stage's XLA_FLAGS stay its own; a process that dies, as XLA's
+fatal checks make it, costs the row it was in, which is recorded as failed, and
+a new process goes on with the stage's other rows), and appends one JSON line per finished row to OUT/rows.jsonl, so a run
 cut short by --budget or by the machine keeps what it measured. --resume skips
 the rows already there, the failed ones too (an out-of-memory or an unsupported
 kernel fails again, and would spend a scarce GPU's minutes on each call) unless
@@ -79,12 +80,15 @@ GPU_PLAN = [
     ]),
 ]
 
-# The same driver on a CPU in seconds (tests/test_bench.py): tiny rows, one stage with its own XLA flag.
+# The same driver on a CPU in seconds (tests/test_bench.py): tiny rows, one stage with its own XLA flag, and one
+# whose flag XLA does not know (it aborts the process, as XLA's fatal checks do).
 _LENET = dict(model_name="lenet5", batch=8, num_classes=10, steps_timed=4, warmup=1)
 SMOKE_PLAN = [
     ("a", "", [("lenet", "ours", _LENET, {}),
                ("lenet_uint8_sync2", "ours", {**_LENET, "uint8": True, "sync_every": 2}, {"baseline": "lenet"})]),
     ("b", "--xla_cpu_enable_fast_math=false", [("lenet_flag", "ours", _LENET, {"baseline": "lenet"})]),
+    ("c", "--xla_no_such_flag=true", [("lenet_abort", "ours", _LENET, {"baseline": "lenet"}),
+                                      ("lenet_abort_2", "ours", _LENET, {})]),
 ]
 PLANS = {"gpu": GPU_PLAN, "smoke": SMOKE_PLAN}
 
@@ -210,28 +214,46 @@ def run_plan(plan_name, out_dir, budget_s, resume=False, retry_errors=False) -> 
     with open(os.path.join(out_dir, "env.jsonl"), "a") as f:
       f.write(json.dumps(environment(argv)) + "\n")
   for name, flags, items in plan:
-    if all(row_id in settled(out_dir, retry_errors) for row_id, *_ in items):
-      continue
-    left = deadline - time.monotonic()
-    if left < 5:
-      print(f"[{name}] not started: the budget is spent", flush=True)
-      continue
-    env = dict(os.environ)
-    if flags:
-      env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
-    cmd = [sys.executable, "-m", "vision.tools.bench_suite", "--plan", plan_name, "--out", out_dir, "--stage", name,
-           *["--retry-errors"] * retry_errors]
-    try:
-      proc = subprocess.run(cmd, env=env, timeout=left, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    crashed_here = []  # rows that this call's processes died in: not run again in this call
+    while True:  # once, or again after a crash: the rest of the stage's rows in a new process
+      skip = settled(out_dir, retry_errors) | set(crashed_here)
+      pending = [row_id for row_id, *_ in items if row_id not in skip]
+      if not pending:
+        break
+      left = deadline - time.monotonic()
+      if left < 5:
+        print(f"[{name}] not started: the budget is spent", flush=True)
+        break
+      env = dict(os.environ)
+      if flags:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
+      cmd = [sys.executable, "-m", "vision.tools.bench_suite", "--plan", plan_name, "--out", out_dir, "--stage",
+             name, *["--retry-errors"] * retry_errors, *(["--skip", ",".join(crashed_here)] if crashed_here else [])]
+      try:
+        proc = subprocess.run(cmd, env=env, timeout=left, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      except subprocess.TimeoutExpired as e:  # the row it was in is run again by a later --resume
+        log.write(e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or ""))
+        print(f"[{name}] stopped: the budget ran out ({budget_s:.0f} s)", flush=True)
+        break
+      finally:
+        log.flush()
       log.write(proc.stdout)
       rows_done = [line for line in proc.stdout.splitlines() if line.startswith(f"[{name}]")]
       print("\n".join(rows_done) or f"[{name}] no rows (see suite.log)", flush=True)
-      if proc.returncode:
-        print(f"[{name}] exited with status {proc.returncode} (see suite.log)", flush=True)
-    except subprocess.TimeoutExpired as e:
-      out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-      log.write(out)
-      print(f"[{name}] stopped: the budget ran out ({budget_s:.0f} s)", flush=True)
+      if not proc.returncode:
+        break
+      # The process died inside a row (XLA's fatal checks abort it, a bad flag too): that row is failed, so that
+      # neither this call nor a --resume loses the stage's other rows to it again and again.
+      crashed = next((r for r in pending if not any(line.startswith(f"[{name}] {r}: ") for line in rows_done)), None)
+      print(f"[{name}] exited with status {proc.returncode}" + (f" in {crashed}" if crashed else "")
+            + " (see suite.log)", flush=True)
+      if crashed is None:
+        break
+      with open(os.path.join(out_dir, "rows.jsonl"), "a") as f:
+        f.write(json.dumps({"id": crashed, "kind": "crash", "stage": name,
+                            "error": f"the stage's process exited with status {proc.returncode} in this row "
+                                     "(see suite.log)"}) + "\n")
+      crashed_here.append(crashed)
     log.flush()
   log.close()
   report = format_report(plan, read_rows(out_dir), read_envs(out_dir))
@@ -306,9 +328,11 @@ def main(argv=None):
   p.add_argument("--resume", action="store_true", help="keep OUT/rows.jsonl and skip its rows, failed ones too")
   p.add_argument("--retry-errors", action="store_true", help="with --resume: run the failed rows again")
   p.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
+  p.add_argument("--skip", default="", help=argparse.SUPPRESS)  # internal, with --stage: rows not to run
   args = p.parse_args(argv)
   if args.stage:
-    run_stage(PLANS[args.plan], args.stage, args.out, skip=settled(args.out, args.retry_errors))
+    skip = settled(args.out, args.retry_errors) | set(filter(None, args.skip.split(",")))
+    run_stage(PLANS[args.plan], args.stage, args.out, skip=skip)
     return
   if args.retry_errors and not args.resume:
     p.error("--retry-errors goes with --resume")
