@@ -135,13 +135,18 @@ def test_saved_for_backward_shrinks_with_remat_without_compiling():
   assert (full["saved_for_backward_gb"] - weights) > 2 * (rematted["saved_for_backward_gb"] - weights) > 0
 
 
-def test_suite_runs_its_stages_resumes_and_reports(tmp_path):
+def test_suite_runs_its_stages_resumes_and_reports(tmp_path, monkeypatch):
   from vision.tools import bench_suite
   out = str(tmp_path / "suite")
-  report = bench_suite.run_plan("smoke", out, budget_s=300)
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # LeNet compiles in well under 1 s
+  report = bench_suite.run_plan("smoke", out, budget_s=300, compile_cache=str(tmp_path / "cache"))
   rows = bench_suite.read_rows(out)
-  assert set(rows) == {"lenet", "lenet_uint8_sync2", "lenet_flag", "lenet_abort", "lenet_abort_2"}
-  assert all(rows[k]["images_per_sec"] > 0 for k in ("lenet", "lenet_uint8_sync2", "lenet_flag"))
+  assert set(rows) == {"lenet", "lenet_uint8_sync2", "lenet_again", "lenet_flag", "lenet_abort", "lenet_abort_2"}
+  assert all(rows[k]["images_per_sec"] > 0 for k in ("lenet", "lenet_uint8_sync2", "lenet_again", "lenet_flag"))
+  # The persistent compilation cache: lenet_again's step is lenet's program; lenet_flag's flag makes it another.
+  assert [rows[k]["compile_cached"] for k in ("lenet", "lenet_uint8_sync2", "lenet_again", "lenet_flag")] == \
+      [False, False, True, False]
+  assert f"| {rows['lenet_again']['compile_s']:.1f} (cached) |" in report
   # Stage c's unknown XLA flag aborts its process (as XLA's fatal checks do): that row is failed, and a new process
   # goes on with the stage's next row (which aborts too).
   crash = f"lenet_abort ({rows['lenet_abort']['error']}); lenet_abort_2 ({rows['lenet_abort_2']['error']})"
@@ -157,21 +162,22 @@ def test_suite_runs_its_stages_resumes_and_reports(tmp_path):
     assert f.read().strip() == report
   # The call's date, command, commit and versions head the report.
   (env,) = bench_suite.read_envs(out)
-  assert env["packages"]["jax"] == jax.__version__ and env["command"].endswith("--plan smoke --budget 300")
+  assert env["packages"]["jax"] == jax.__version__
+  assert env["command"].endswith(f"--plan smoke --budget 300 --compile-cache {tmp_path / 'cache'}")
   assert report.startswith("Environment (one line per call):\n- " + env["date"])
   assert f"jax {jax.__version__}, jaxlib " in report and f"Python {platform.python_version()}" in report
   # A second call with --resume measures nothing again; without a budget no stage starts (nor a line of env).
   assert bench_suite.run_plan("smoke", out, budget_s=0, resume=True) == report
-  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 5
+  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 6
   # A failed row (as an out-of-memory would leave) is not run again on --resume, only with --retry-errors.
   with open(os.path.join(out, "rows.jsonl"), "a") as f:
     f.write(json.dumps({"id": "lenet_flag", "error": "XlaRuntimeError: RESOURCE_EXHAUSTED", "stage": "b"}) + "\n")
   resumed = bench_suite.run_plan("smoke", out, budget_s=60, resume=True)
   assert len(bench_suite.read_envs(out)) == 2 and resumed.count("`python -m vision.tools.bench_suite") == 2
-  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 6  # no failed row ran again
+  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 7  # no failed row ran again
   assert f"Not measured: lenet_flag (XlaRuntimeError: RESOURCE_EXHAUSTED); {crash}" in resumed
   retried = bench_suite.run_plan("smoke", out, budget_s=60, resume=True, retry_errors=True)
-  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 9  # all three ran again; the aborts abort
+  assert len(open(os.path.join(out, "rows.jsonl")).readlines()) == 10  # all three ran again; the aborts abort
   assert bench_suite.read_rows(out)["lenet_flag"]["images_per_sec"] > 0 and "--retry-errors" in retried
   assert f"Not measured: {crash}" in retried
   assert "Not measured: lenet (not run)" in bench_suite.run_plan("smoke", str(tmp_path / "none"), budget_s=0)

@@ -10,7 +10,8 @@ backward, optimizer update, BatchNorm statistics), jitted over all local
 devices as data parallelism, with the state donated. Each timed step is
 blocked on, and the reported step time is the median over --steps steps after
 --warmup steps; images/s = global batch / median step time. Compile time is
-lower + compile of the step. FLOPs per step come from XLA's cost analysis of the
+lower + compile of the step (compile_cached: it came from JAX's persistent
+compilation cache, JAX_COMPILATION_CACHE_DIR, so it is a load time). FLOPs per step come from XLA's cost analysis of the
 compiled step (one device's share, times the devices for the table); model
 FLOPs utilisation (MFU) = one device's FLOPs / step time / one device's peak, with
 the peak from --peak-tflops or, for known accelerators, their dense bf16 (or
@@ -163,6 +164,17 @@ def bench(model_name: str, batch: int, dtype: str = "float32", mode: str = "trai
           "feed": feed, "prefetch": prefetch if feed == "host" else None}
 
 
+_CACHE_HITS = []  # one entry per persistent compilation cache hit of this process (JAX_COMPILATION_CACHE_DIR)
+
+
+def _count_cache_hits():
+  if not hasattr(_count_cache_hits, "registered"):
+    jax.monitoring.register_event_listener(
+        lambda event, **_: _CACHE_HITS.append(event) if event == "/jax/compilation_cache/cache_hits" else None)
+    _count_cache_hits.registered = True
+  return len(_CACHE_HITS)
+
+
 def device_memory() -> dict:
   """The first device's allocator statistics ({} where the backend has none, as XLA:CPU), after freeing what
   only reference cycles keep alive (an earlier row's arrays must not be freed in the middle of this one)."""
@@ -193,9 +205,11 @@ def measure(fn, args, state, batches, carries_state, batch, n_dev, steps_timed, 
   """
   memory_before = device_memory() if memory_before is None else memory_before
   data = next(batches)
+  hits = _count_cache_hits()
   start = time.perf_counter()
   compiled = fn.lower(*args(state, data)).compile()
   compile_s = time.perf_counter() - start
+  compile_cached = _count_cache_hits() > hits  # loaded from the persistent cache: compile_s is not a compile
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # The compiled program is one SPMD partition: its cost analysis counts one device's share.
@@ -225,6 +239,7 @@ def measure(fn, args, state, batches, carries_state, batch, n_dev, steps_timed, 
   return {"devices": n_dev, "device_kind": jax.devices()[0].device_kind, "images_per_sec": batch / step_s,
           "step_ms": step_s * 1e3, "step_ms_p10": float(np.percentile(times, 10)) * 1e3,
           "step_ms_p90": float(np.percentile(times, 90)) * 1e3, "compile_s": compile_s,
+          "compile_cached": compile_cached,
           "gflops_per_step": device_flops * n_dev / 1e9, "achieved_tflops": achieved, "peak_tflops": peak,
           "mfu": achieved / peak if peak else None, "peak_memory_gb": peak_bytes / 2**30 if peak_bytes else None,
           "memory_source": memory_source, "xla_buffers_gb": xla_bytes / 2**30 if xla_bytes else None,
@@ -296,7 +311,8 @@ def format_rows(rows: list[dict]) -> str:
           ("torch_images_per_sec", "torch img/s", "{:,.1f}"), ("ratio", "ours/torch", "{:.2f}")]
   cols = [c for c in cols if any(r.get(c[0]) not in (None, "") for r in rows)]
   xla = lambda r, k: k == "peak_memory_gb" and r.get("memory_source", "device") != "device"  # see row_memory
-  body = [[("-" if r.get(k) is None else f.format(r[k]) + " (XLA)" * xla(r, k)) for k, _, f in cols] for r in rows]
+  mark = lambda r, k: " (XLA)" * xla(r, k) + " (cached)" * (k == "compile_s" and bool(r.get("compile_cached")))
+  body = [[("-" if r.get(k) is None else f.format(r[k]) + mark(r, k)) for k, _, f in cols] for r in rows]
   widths = [max(len(h), *(len(b[i]) for b in body)) for i, (_, h, _) in enumerate(cols)]
   left = sum(1 for k, _, _ in cols if k in ("model", "variant", "mode", "batch", "dtype"))
   line = lambda cells: "  ".join(c.rjust(w) if i >= left else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))

@@ -80,12 +80,13 @@ GPU_PLAN = [
     ]),
 ]
 
-# The same driver on a CPU in seconds (tests/test_bench.py): tiny rows, one stage with its own XLA flag, and one
-# whose flag XLA does not know (it aborts the process, as XLA's fatal checks do).
+# The same driver on a CPU in seconds (tests/test_bench.py): tiny rows, one that compiles what another did, one stage
+# with its own XLA flag, and one whose flag XLA does not know (it aborts the process, as XLA's fatal checks do).
 _LENET = dict(model_name="lenet5", batch=8, num_classes=10, steps_timed=4, warmup=1)
 SMOKE_PLAN = [
     ("a", "", [("lenet", "ours", _LENET, {}),
-               ("lenet_uint8_sync2", "ours", {**_LENET, "uint8": True, "sync_every": 2}, {"baseline": "lenet"})]),
+               ("lenet_uint8_sync2", "ours", {**_LENET, "uint8": True, "sync_every": 2}, {"baseline": "lenet"}),
+               ("lenet_again", "ours", {**_LENET, "steps_timed": 6}, {})]),  # lenet's program: a cache hit
     ("b", "--xla_cpu_enable_fast_math=false", [("lenet_flag", "ours", _LENET, {"baseline": "lenet"})]),
     ("c", "--xla_no_such_flag=true", [("lenet_abort", "ours", _LENET, {"baseline": "lenet"}),
                                       ("lenet_abort_2", "ours", _LENET, {})]),
@@ -198,8 +199,11 @@ def settled(out_dir, retry_errors=False) -> set:
   return {k for k, r in read_rows(out_dir).items() if not (retry_errors and "error" in r)}
 
 
-def run_plan(plan_name, out_dir, budget_s, resume=False, retry_errors=False) -> str:
-  """Every stage that the budget lets start, each in a subprocess; returns the report (also in OUT/report.md)."""
+def run_plan(plan_name, out_dir, budget_s, resume=False, retry_errors=False, compile_cache=None) -> str:
+  """Every stage that the budget lets start, each in a subprocess; returns the report (also in OUT/report.md).
+
+  compile_cache: a folder for JAX's persistent compilation cache, shared by the stages and kept across calls: a
+  row whose step is a program already compiled (the same network, shapes and flags) loads it instead."""
   plan = PLANS[plan_name]
   os.makedirs(out_dir, exist_ok=True)
   if not resume and os.path.exists(os.path.join(out_dir, "rows.jsonl")):
@@ -210,7 +214,7 @@ def run_plan(plan_name, out_dir, budget_s, resume=False, retry_errors=False) -> 
   log = open(os.path.join(out_dir, "suite.log"), "a")
   if budget_s >= 5:  # a call that can start no stage measures nothing to describe
     argv = (["--out", out_dir, "--plan", plan_name, "--budget", f"{budget_s:g}"] + ["--resume"] * resume
-            + ["--retry-errors"] * retry_errors)
+            + ["--retry-errors"] * retry_errors + (["--compile-cache", compile_cache] if compile_cache else []))
     with open(os.path.join(out_dir, "env.jsonl"), "a") as f:
       f.write(json.dumps(environment(argv)) + "\n")
   for name, flags, items in plan:
@@ -225,6 +229,8 @@ def run_plan(plan_name, out_dir, budget_s, resume=False, retry_errors=False) -> 
         print(f"[{name}] not started: the budget is spent", flush=True)
         break
       env = dict(os.environ)
+      if compile_cache:
+        env["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(compile_cache)
       if flags:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
       cmd = [sys.executable, "-m", "vision.tools.bench_suite", "--plan", plan_name, "--out", out_dir, "--stage",
@@ -296,7 +302,8 @@ def format_report(plan, rows, envs=()) -> str:
       on_device = _on_device(r)
       lines.append(f"| {row_id} | {r['model']} | {variant or '-'} | {r['mode']} | {r['batch']} | {r['dtype']} | "
                    f"{r['images_per_sec']:,.1f} | {r['step_ms']:.1f} | "
-                   f"{fmt(r.get('compile_s', r.get('first_step_s')), '{:.1f}')} | {fmt(r.get('mfu'), '{:.1%}')} | "
+                   f"{fmt(r.get('compile_s', r.get('first_step_s')), '{:.1f}')}{' (cached)' * bool(r.get('compile_cached'))}"
+                   f" | {fmt(r.get('mfu'), '{:.1%}')} | "
                    f"{fmt(mem, '{:.2f}')}{'' if on_device or mem is None else ' (XLA)'} | "
                    f"{fmt(r.get('saved_for_backward_gb'), '{:.3g}')} |")
       for what, other_id in sorted(against.items()):
@@ -327,6 +334,7 @@ def main(argv=None):
   p.add_argument("--budget", type=float, default=540.0, help="seconds; no stage starts after it, the last is stopped")
   p.add_argument("--resume", action="store_true", help="keep OUT/rows.jsonl and skip its rows, failed ones too")
   p.add_argument("--retry-errors", action="store_true", help="with --resume: run the failed rows again")
+  p.add_argument("--compile-cache", help="folder for JAX's persistent compilation cache (kept across calls)")
   p.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
   p.add_argument("--skip", default="", help=argparse.SUPPRESS)  # internal, with --stage: rows not to run
   args = p.parse_args(argv)
@@ -336,7 +344,7 @@ def main(argv=None):
     return
   if args.retry_errors and not args.resume:
     p.error("--retry-errors goes with --resume")
-  print(run_plan(args.plan, args.out, args.budget, args.resume, args.retry_errors))
+  print(run_plan(args.plan, args.out, args.budget, args.resume, args.retry_errors, args.compile_cache))
 
 
 if __name__ == "__main__":
