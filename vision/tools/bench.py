@@ -11,8 +11,9 @@ devices as data parallelism, with the state donated. Each timed step is
 blocked on, and the reported step time is the median over --steps steps after
 --warmup steps; images/s = global batch / median step time. Compile time is
 lower + compile of the step (compile_cached: it came from JAX's persistent
-compilation cache, JAX_COMPILATION_CACHE_DIR, so it is a load time). FLOPs per step come from XLA's cost analysis of the
-compiled step (one device's share, times the devices for the table); model
+compilation cache, JAX_COMPILATION_CACHE_DIR, so it is a load time). FLOPs per
+step come from XLA's cost analysis of the compiled step (one device's share,
+times the devices for the table); model
 FLOPs utilisation (MFU) = one device's FLOPs / step time / one device's peak, with
 the peak from --peak-tflops or, for known accelerators, their dense bf16 (or
 fp32) peak. Peak memory is the most device memory in use during the row, above
@@ -164,15 +165,9 @@ def bench(model_name: str, batch: int, dtype: str = "float32", mode: str = "trai
           "feed": feed, "prefetch": prefetch if feed == "host" else None}
 
 
-_CACHE_HITS = []  # one entry per persistent compilation cache hit of this process (JAX_COMPILATION_CACHE_DIR)
-
-
-def _count_cache_hits():
-  if not hasattr(_count_cache_hits, "registered"):
-    jax.monitoring.register_event_listener(
-        lambda event, **_: _CACHE_HITS.append(event) if event == "/jax/compilation_cache/cache_hits" else None)
-    _count_cache_hits.registered = True
-  return len(_CACHE_HITS)
+_CACHE_HITS = []  # one entry per persistent compilation cache hit in this process (JAX_COMPILATION_CACHE_DIR)
+jax.monitoring.register_event_listener(
+    lambda event, **_: _CACHE_HITS.append(event) if event == "/jax/compilation_cache/cache_hits" else None)
 
 
 def device_memory() -> dict:
@@ -205,11 +200,11 @@ def measure(fn, args, state, batches, carries_state, batch, n_dev, steps_timed, 
   """
   memory_before = device_memory() if memory_before is None else memory_before
   data = next(batches)
-  hits = _count_cache_hits()
+  hits = len(_CACHE_HITS)
   start = time.perf_counter()
   compiled = fn.lower(*args(state, data)).compile()
   compile_s = time.perf_counter() - start
-  compile_cached = _count_cache_hits() > hits  # loaded from the persistent cache: compile_s is not a compile
+  compile_cached = len(_CACHE_HITS) > hits  # loaded from the persistent cache: compile_s is not a compile
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # The compiled program is one SPMD partition: its cost analysis counts one device's share.

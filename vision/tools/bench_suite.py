@@ -1,18 +1,21 @@
 """Issue 7's GPU measurements as one prepared, resumable run: ours and the PyTorch peers, then each tool alone.
 
-    python -m vision.tools.bench_suite --out $OUT --budget 540            # on the GPU machine
-    python -m vision.tools.bench_suite --out $OUT --budget 300 --resume   # a later call: the rest of the plan
+    python -m vision.tools.bench_suite --out $OUT --budget 520 --compile-cache .jax_cache           # on the GPU
+    python -m vision.tools.bench_suite --out $OUT --budget 300 --resume --compile-cache .jax_cache  # the rest
     python -m vision.tools.bench_suite --out /tmp/s --plan smoke          # the same driver on a CPU, tiny rows
 
 The plan is a list of stages in priority order. Each stage runs in a subprocess
 of its own (the PyTorch peers never share the GPU with a JAX process holding
 its memory; a stage's XLA_FLAGS stay its own; a process that dies, as XLA's
 fatal checks make it, costs the row it was in, which is recorded as failed, and
-a new process goes on with the stage's other rows), and appends one JSON line per finished row to OUT/rows.jsonl, so a run
-cut short by --budget or by the machine keeps what it measured. --resume skips
-the rows already there, the failed ones too (an out-of-memory or an unsupported
-kernel fails again, and would spend a scarce GPU's minutes on each call) unless
---retry-errors is given. Stages start while the budget lasts; the last one is
+a new process goes on with the stage's other rows), and appends one JSON line
+per finished row to OUT/rows.jsonl, so a run cut short by --budget or by the
+machine keeps what it measured. --resume skips the rows already there, the
+failed ones too (an out-of-memory or an unsupported kernel fails again, and
+would spend a scarce GPU's minutes on each call) unless --retry-errors is
+given. --compile-cache DIR shares JAX's persistent compilation cache between
+the stages and the calls (a row whose step is a program compiled before loads
+it; its row says compile_cached). Stages start while the budget lasts; the last one is
 stopped when it runs out. At the end OUT/report.md holds the table and the
 ratios: ours / the PyTorch peer, and each tool's variant / its baseline row
 (images/s, and memory: the device's peak where both rows measured their own,
