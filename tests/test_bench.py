@@ -48,6 +48,19 @@ def test_a_rows_memory_is_its_own_peak_or_says_it_is_not():
   assert bench.row_memory({}, {}, 5 * gib) == (5 * gib, "xla_buffers") and bench.row_memory({}, {}, None)[0] is None
 
 
+def test_torch_peer_runs_the_same_model_batch_optimizer_and_steps():
+  """--torch: the PyTorch side (torchvision here) in its subprocess, with our row's settings."""
+  pytest.importorskip("torchvision")
+  pytest.importorskip("timm")
+  row = bench.bench("resnet18", batch=8, image_size=32, steps_timed=2, warmup=1, optimizer="adamw")
+  peer = bench.torch_peer(row, compile_=False, timeout=300)
+  assert "torch_error" not in peer, peer
+  assert (peer["torch_optimizer"], peer["torch_steps"], peer["torch_compile"]) == ("adamw", 2, False)
+  assert peer["torch_images_per_sec"] > 0 and math.isfinite(peer["torch_step_ms"])
+  assert peer["ratio"] == pytest.approx(row["images_per_sec"] / peer["torch_images_per_sec"])
+  assert "ours/torch" in bench.format_rows([{**row, **peer}])
+
+
 def test_unknown_peak_gives_no_mfu_and_batch_must_divide():
   row = bench.bench("lenet5", batch=8, steps_timed=2, warmup=1, num_classes=10)
   assert row["peak_tflops"] is None and row["mfu"] is None  # a CPU has no known peak

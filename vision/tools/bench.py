@@ -131,6 +131,7 @@ def bench(model_name: str, batch: int, dtype: str = "float32", mode: str = "trai
   saved = residual_bytes(loss, abstract.params, abstract.batch_stats,
                          jax.ShapeDtypeStruct(shape, jnp.uint8 if uint8 else jnp.float32)) if mode == "train" else None
   common = {"model": model_name, "mode": mode, "batch": batch, "image_size": size, "dtype": dtype,
+            "optimizer": optimizer if mode == "train" else None, "steps_timed": steps_timed, "warmup": warmup,
             "saved_for_backward_gb": saved / 2**30 if saved is not None else None,
             "variant": variant_name(donate, uint8, feed, prefetch, sync_every, model_kwargs)}
   if saved_only:
@@ -317,9 +318,12 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def torch_peer(row: dict, compile_: bool, timeout: int = 1800) -> dict:
-  """The same model, batch and mode in PyTorch (vision/tools/bench_torch.py) in a subprocess."""
+  """The same model, batch, mode, optimizer and step counts in PyTorch (vision/tools/bench_torch.py) in a
+  subprocess."""
   cmd = [sys.executable, "-m", "vision.tools.bench_torch", "--model", row["model"], "--batch", str(row["batch"]),
-         "--mode", row["mode"], "--image-size", str(row["image_size"]), "--dtype", row["dtype"], "--json"]
+         "--mode", row["mode"], "--image-size", str(row["image_size"]), "--dtype", row["dtype"],
+         "--optimizer", row.get("optimizer") or "sgd", "--steps", str(row["steps_timed"]),
+         "--warmup", str(row["warmup"]), "--json"]
   if compile_:
     cmd.append("--compile")
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -327,7 +331,8 @@ def torch_peer(row: dict, compile_: bool, timeout: int = 1800) -> dict:
     return {"torch_error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
   peer = json.loads(proc.stdout.strip().splitlines()[-1])
   return {"torch_images_per_sec": peer["images_per_sec"], "torch_step_ms": peer["step_ms"],
-          "torch_compile": compile_, "torch_version": peer["torch"], "ratio": row["images_per_sec"] / peer["images_per_sec"]}
+          "torch_compile": compile_, "torch_optimizer": peer["optimizer"], "torch_steps": peer["steps"],
+          "torch_version": peer["torch"], "ratio": row["images_per_sec"] / peer["images_per_sec"]}
 
 
 def main(argv=None):

@@ -22,10 +22,10 @@ import time
 
 
 def build(name):
-  import timm
   import torchvision
   if hasattr(torchvision.models, name) and name in torchvision.models.list_models():
     return getattr(torchvision.models, name)(), "torchvision"
+  import timm  # only when torchvision has no such model (its import takes seconds)
   return timm.create_model(name.split(".")[0]), "timm"
 
 
@@ -83,7 +83,8 @@ def bench(model_name, batch, mode="train", image_size=224, dtype="bfloat16", com
   return {"model": model_name, "library": library, "mode": mode, "batch": batch, "image_size": image_size,
           "dtype": dtype, "compile": compile_, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
           "images_per_sec": batch / step_s, "step_ms": step_s * 1e3, "first_step_s": compile_s,
-          "peak_memory_gb": peak, "torch": torch.__version__}
+          "peak_memory_gb": peak, "optimizer": optimizer if mode == "train" else None, "steps": steps,
+          "warmup": warmup, "torch": torch.__version__}
 
 
 def main(argv=None):
