@@ -306,7 +306,8 @@ def format_rows(rows: list[dict]) -> str:
           ("saved_for_backward_gb", "saved GB", "{:.3g}"),
           ("torch_images_per_sec", "torch img/s", "{:,.1f}"), ("ratio", "ours/torch", "{:.2f}")]
   cols = [c for c in cols if any(r.get(c[0]) not in (None, "") for r in rows)]
-  xla = lambda r, k: k == "peak_memory_gb" and r.get("memory_source", "device") != "device"  # see row_memory
+  from vision.tools.bench_suite import memory_on_device  # stdlib only, as the suite's driver must stay
+  xla = lambda r, k: k == "peak_memory_gb" and bool(r.get(k)) and not memory_on_device(r)
   mark = lambda r, k: " (XLA)" * xla(r, k) + " (cached)" * (k == "compile_s" and bool(r.get("compile_cached")))
   body = [[("-" if r.get(k) is None else f.format(r[k]) + mark(r, k)) for k, _, f in cols] for r in rows]
   widths = [max(len(h), *(len(b[i]) for b in body)) for i, (_, h, _) in enumerate(cols)]
@@ -314,7 +315,7 @@ def format_rows(rows: list[dict]) -> str:
   line = lambda cells: "  ".join(c.rjust(w) if i >= left else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
   legend = ["mem GB (XLA): XLA's buffer sizes of the compiled step; the device reported no peak of the row's own"]
   return "\n".join([line([h for _, h, _ in cols])] + [line(b) for b in body]
-                   + legend * any(xla(r, "peak_memory_gb") and r.get("peak_memory_gb") for r in rows))
+                   + legend * any(xla(r, "peak_memory_gb") for r in rows))
 
 
 def torch_peer(row: dict, compile_: bool, timeout: int = 1800) -> dict:

@@ -221,9 +221,9 @@ def run_plan(plan_name, out_dir, budget_s, resume=False, retry_errors=False, com
     with open(os.path.join(out_dir, "env.jsonl"), "a") as f:
       f.write(json.dumps(environment(argv)) + "\n")
   for name, flags, items in plan:
-    crashed_here = []  # rows that this call's processes died in: not run again in this call
+    crashed_here = set()  # rows that this call's processes died in: not run again in this call
     while True:  # once, or again after a crash: the rest of the stage's rows in a new process
-      skip = settled(out_dir, retry_errors) | set(crashed_here)
+      skip = settled(out_dir, retry_errors) | crashed_here
       pending = [row_id for row_id, *_ in items if row_id not in skip]
       if not pending:
         break
@@ -237,16 +237,16 @@ def run_plan(plan_name, out_dir, budget_s, resume=False, retry_errors=False, com
       if flags:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
       cmd = [sys.executable, "-m", "vision.tools.bench_suite", "--plan", plan_name, "--out", out_dir, "--stage",
-             name, *["--retry-errors"] * retry_errors, *(["--skip", ",".join(crashed_here)] if crashed_here else [])]
+             name, "--skip", ",".join(sorted(skip))]
       try:
         proc = subprocess.run(cmd, env=env, timeout=left, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       except subprocess.TimeoutExpired as e:  # the row it was in is run again by a later --resume
         log.write(e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or ""))
+        log.flush()
         print(f"[{name}] stopped: the budget ran out ({budget_s:.0f} s)", flush=True)
         break
-      finally:
-        log.flush()
       log.write(proc.stdout)
+      log.flush()
       rows_done = [line for line in proc.stdout.splitlines() if line.startswith(f"[{name}]")]
       print("\n".join(rows_done) or f"[{name}] no rows (see suite.log)", flush=True)
       if not proc.returncode:
@@ -262,8 +262,7 @@ def run_plan(plan_name, out_dir, budget_s, resume=False, retry_errors=False, com
         f.write(json.dumps({"id": crashed, "kind": "crash", "stage": name,
                             "error": f"the stage's process exited with status {proc.returncode} in this row "
                                      "(see suite.log)"}) + "\n")
-      crashed_here.append(crashed)
-    log.flush()
+      crashed_here.add(crashed)
   log.close()
   report = format_report(plan, read_rows(out_dir), read_envs(out_dir))
   with open(os.path.join(out_dir, "report.md"), "w") as f:
@@ -279,9 +278,10 @@ def read_envs(out_dir) -> list:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def _on_device(row) -> bool:
-  """Whether a row's peak_memory_gb was measured on the device (PyTorch's rows: whenever it has one)."""
-  return row.get("memory_source", "device") == "device" and row.get("peak_memory_gb") is not None
+def memory_on_device(row: dict) -> bool:
+  """Whether a row's peak_memory_gb is its own device peak (bench.row_memory's "device"; PyTorch's rows, which
+  reset their peak, have no memory_source) rather than XLA's buffer sizes."""
+  return bool(row.get("peak_memory_gb")) and row.get("memory_source", "device") == "device"
 
 
 def format_report(plan, rows, envs=()) -> str:
@@ -302,19 +302,19 @@ def format_report(plan, rows, envs=()) -> str:
       if flags:
         variant = ",".join(filter(None, [variant, flags]))
       mem = r.get("peak_memory_gb")
-      on_device = _on_device(r)
+      on_device = memory_on_device(r)
       lines.append(f"| {row_id} | {r['model']} | {variant or '-'} | {r['mode']} | {r['batch']} | {r['dtype']} | "
                    f"{r['images_per_sec']:,.1f} | {r['step_ms']:.1f} | "
                    f"{fmt(r.get('compile_s', r.get('first_step_s')), '{:.1f}')}{' (cached)' * bool(r.get('compile_cached'))}"
                    f" | {fmt(r.get('mfu'), '{:.1%}')} | "
-                   f"{fmt(mem, '{:.2f}')}{'' if on_device or mem is None else ' (XLA)'} | "
+                   f"{fmt(mem, '{:.2f}')}{'' if on_device or not mem else ' (XLA)'} | "
                    f"{fmt(r.get('saved_for_backward_gb'), '{:.3g}')} |")
       for what, other_id in sorted(against.items()):
         other = rows.get(other_id)
         if other is None or "error" in other:
           continue
         text = f"- {row_id} / {other_id}: {r['images_per_sec'] / other['images_per_sec']:.2f}x images/s"
-        if on_device and _on_device(other) and mem and other.get("peak_memory_gb"):
+        if on_device and memory_on_device(other):
           text += f", {mem / other['peak_memory_gb']:.2f}x peak memory"
         elif r.get("xla_buffers_gb") and other.get("xla_buffers_gb"):  # both ours; one or both off the device
           text += f", {r['xla_buffers_gb'] / other['xla_buffers_gb']:.2f}x XLA buffers"
@@ -341,9 +341,8 @@ def main(argv=None):
   p.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
   p.add_argument("--skip", default="", help=argparse.SUPPRESS)  # internal, with --stage: rows not to run
   args = p.parse_args(argv)
-  if args.stage:
-    skip = settled(args.out, args.retry_errors) | set(filter(None, args.skip.split(",")))
-    run_stage(PLANS[args.plan], args.stage, args.out, skip=skip)
+  if args.stage:  # the driver's process decided which rows to skip
+    run_stage(PLANS[args.plan], args.stage, args.out, skip=set(filter(None, args.skip.split(","))))
     return
   if args.retry_errors and not args.resume:
     p.error("--retry-errors goes with --resume")
