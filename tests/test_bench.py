@@ -64,6 +64,11 @@ def test_torch_peer_runs_the_same_model_batch_optimizer_and_steps():
 def test_unknown_peak_gives_no_mfu_and_batch_must_divide():
   row = bench.bench("lenet5", batch=8, steps_timed=2, warmup=1, num_classes=10)
   assert row["peak_tflops"] is None and row["mfu"] is None  # a CPU has no known peak
+  # The kinds JAX reports (jax.devices()[0].device_kind): the PCIe H100 is not the SXM one.
+  peak = bench.device_peak_tflops
+  assert peak("bfloat16", "NVIDIA H100 80GB HBM3") == 989.0 and peak("float32", "NVIDIA H100 80GB HBM3") == 67.0
+  assert peak("bfloat16", "NVIDIA H100 PCIe") == 756.0 and peak("bfloat16", "NVIDIA H200") == 989.0
+  assert peak("bfloat16", "TPU v5 lite") == 197.0 and peak("bfloat16", "cpu") is None
   with pytest.raises(bench.UserError, match="not divisible by the 8 devices"):
     bench.bench("lenet5", batch=6, steps_timed=1, warmup=0)
 
@@ -231,6 +236,8 @@ def test_gpu_plan_is_sound_before_a_gpu_spends_time_on_it(monkeypatch):
       monkeypatch.chdir(ROOT)  # the device run's working directory
       config = cli.load_config_file(args["config_spec"])
       assert config.task == "dinov2" and config.train.batch_size == 256, row_id
+      row = bench.bench_dinov2(**args, saved_only=True)  # the whole student loss at its real size
+      assert row["batch"] == 256 and row["saved_for_backward_gb"] > 0, row_id
   assert len(traced) >= 6  # ResNet-50 bf16/fp32/uint8/remat/infer, ViT-B/16 with and without remat
   timm = pytest.importorskip("timm")
   torchvision = pytest.importorskip("torchvision")
@@ -268,7 +275,12 @@ def test_dinov2_step_row_from_a_config():
   from conftest import ROOT
   row = bench.bench_dinov2(os.path.join(ROOT, "configs", "dinov2_digits.py"), steps_timed=2, warmup=1)
   assert row["model"] == "vit_small_patch14_dinov2" and row["batch"] == 64 and row["variant"] == "dinov2 4x16+2x24"
-  for key in ("images_per_sec", "step_ms", "compile_s", "gflops_per_step", "peak_memory_gb"):
+  for key in ("images_per_sec", "step_ms", "compile_s", "gflops_per_step", "peak_memory_gb", "saved_for_backward_gb"):
     assert row[key] > 0 and math.isfinite(row[key]), key
+  # What the student's backward keeps, without compiling: remat of the backbone's blocks keeps less.
+  digits = os.path.join(ROOT, "configs", "dinov2_digits.py")
+  plain, remat = (bench.bench_dinov2(digits, remat=r, saved_only=True) for r in (False, True))
+  assert plain["saved_for_backward_gb"] == row["saved_for_backward_gb"] and "images_per_sec" not in plain
+  assert remat["saved_for_backward_gb"] < 0.5 * plain["saved_for_backward_gb"] and remat["variant"].endswith(",remat")
   with pytest.raises(bench.UserError, match="task is 'classification', not 'dinov2'"):
     bench.bench_dinov2(os.path.join(ROOT, "configs", "lenet_digits.py"))

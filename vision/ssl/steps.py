@@ -130,9 +130,10 @@ def make_train_step(nets: Networks, tx, schedules, s, num_groups: int = 1, mask_
       new["ibot"] = losses.update_center(centers["ibot"], jnp.mean(means, 0, keepdims=True), s.center_momentum)
     return cls_probs, patch_probs, new, stats
 
-  def loss_fn(params, targets, glob, local, flat_masks, index, weight, n_local, rng):
+  def loss_fn(params, targets, glob, local, flat_masks, index, weight, rng):
     cls_probs, patch_probs = targets
     b = glob.shape[0] // 2
+    n_local = local.shape[0] // b
     g_rng, l_rng = jax.random.split(rng)
     out_g = nets.backbone.apply({"params": params["backbone"]}, glob, train=True, masks=flat_masks,
                                 method="forward_features", rngs={"dropout": g_rng})
@@ -154,7 +155,9 @@ def make_train_step(nets: Networks, tx, schedules, s, num_groups: int = 1, mask_
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state: SSLState, batch):
+  def student_inputs(state: SSLState, batch):
+    """(loss_fn's arguments after params, (new centers, teacher stats, teacher temperature)): the crops, masks and
+    the teacher's targets (no gradients) for this step."""
     glob, local, masks = batch["global_crops"], batch["local_crops"], batch["masks"]
     glob, local = (normalize_images(x, *(normalize or (None, None))) for x in (glob, local))
     b, n_local = glob.shape[0], local.shape[1]
@@ -169,8 +172,12 @@ def make_train_step(nets: Networks, tx, schedules, s, num_groups: int = 1, mask_
     cls_probs, patch_probs, centers, stats = jax.lax.stop_gradient(
         teacher_targets(state.teacher, state.centers, glob, index, valid, temp))
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    (loss, parts), grads = grad_fn(state.params, (cls_probs, patch_probs), glob, local, flat_masks, index, weight,
-                                   n_local, rng)
+    return ((cls_probs, patch_probs), glob, local, flat_masks, index, weight, rng), (centers, stats, temp)
+
+  def train_step(state: SSLState, batch):
+    inputs, (centers, stats, temp) = student_inputs(state, batch)
+    cls_probs = inputs[0][0]
+    (loss, parts), grads = grad_fn(state.params, *inputs)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     m = schedules.momentum(state.step)
@@ -182,6 +189,9 @@ def make_train_step(nets: Networks, tx, schedules, s, num_groups: int = 1, mask_
                **collapse_metrics(cls_probs, stats["cls"])}
     return new_state, metrics
 
+  # What the gradient is taken of, for measuring it (vision.tools.bench: the bytes its backward keeps):
+  # loss_fn(state.params, *student_inputs(state, batch)[0]) -> (loss, parts).
+  train_step.student_loss = (loss_fn, student_inputs)
   return train_step
 
 

@@ -39,7 +39,9 @@ also reports the bytes the forward pass keeps for the backward pass (its
 residuals: activations and the weights the backward reads; from jax.vjp under
 jax.eval_shape, so independent of the backend; before XLA's fusion, which may
 recompute cheap elementwise values in the backward and keep less), which --remat
-shrinks; --saved-only reports just that, without compiling.
+shrinks; --saved-only reports just that, without compiling. With --dinov2 (the
+student's loss: the teacher has no backward), --remat and --attn set the config's
+backbone kwargs, and --saved-only works the same way.
 """
 import argparse
 import gc
@@ -61,14 +63,16 @@ from vision.train import mesh as mesh_lib
 from vision.train import optim, steps
 from vision.train.config import IMAGENET_MEAN, IMAGENET_STD, default_config
 
-# Dense peak TFLOP/s by jax device_kind substring: (bfloat16, float32). Vendor datasheets (dense, no sparsity).
-PEAKS = {"H100": (989.0, 67.0), "H200": (989.0, 67.0), "A100": (312.0, 19.5), "L4": (121.0, 30.3),
-         "V100": (125.0, 15.7), "TPU v4": (275.0, 275.0), "TPU v5 lite": (197.0, 197.0), "TPU v5p": (459.0, 459.0),
-         "TPU v6": (918.0, 918.0)}
+# Dense peak TFLOP/s by jax device_kind substring, the first that matches: (bfloat16, float32). Vendor datasheets
+# (dense, no sparsity). The SXM H100 reports 'NVIDIA H100 80GB HBM3'; the PCIe and NVL cards have lower clocks.
+PEAKS = {"H100 PCIe": (756.0, 51.0), "H100 NVL": (835.0, 60.0), "H200 NVL": (835.0, 60.0), "H100": (989.0, 67.0),
+         "H200": (989.0, 67.0), "A100": (312.0, 19.5), "L4": (121.0, 30.3), "V100": (125.0, 15.7),
+         "TPU v4": (275.0, 275.0), "TPU v5 lite": (197.0, 197.0), "TPU v5p": (459.0, 459.0), "TPU v6": (918.0, 918.0)}
 
 
-def device_peak_tflops(dtype: str):
-  kind = jax.devices()[0].device_kind
+def device_peak_tflops(dtype: str, kind: str | None = None):
+  """The peak of PEAKS for this device's kind (or `kind`), None for an unknown one."""
+  kind = jax.devices()[0].device_kind if kind is None else kind
   for key, (bf16, fp32) in PEAKS.items():
     if key in kind:
       return bf16 if dtype != "float32" else fp32
@@ -244,10 +248,12 @@ def measure(fn, args, state, batches, carries_state, batch, n_dev, steps_timed, 
 
 
 def bench_dinov2(config_spec: str, steps_timed: int = 20, warmup: int = 3, sync_every: int = 1,
-                 peak_tflops: float | None = None) -> dict:
+                 peak_tflops: float | None = None, remat: bool = False, attn_implementation: str | None = None,
+                 saved_only: bool = False) -> dict:
   """One row for a DINOv2 config's train step (student + EMA teacher + heads + losses, multi-crop, iBOT
   masks), on synthetic uint8 crops already on the device, e.g.
-  'configs/dinov2_vits14_imagenet.py:batch=256'. The config's batch is the global batch."""
+  'configs/dinov2_vits14_imagenet.py:batch=256'. The config's batch is the global batch. remat and
+  attn_implementation set the backbone's model.kwargs of the same names."""
   from vision import cli
   from vision.data import masking  # numpy only
   from vision.ssl import loop as ssl_loop
@@ -257,6 +263,10 @@ def bench_dinov2(config_spec: str, steps_timed: int = 20, warmup: int = 3, sync_
   config = cli.load_config_file(config_spec)
   if config.get("task") != "dinov2":
     raise UserError(f"--dinov2 {config_spec}: the config's task is {config.get('task')!r}, not 'dinov2'")
+  if remat:
+    config.model.kwargs.remat = True
+  if attn_implementation:
+    config.model.kwargs.attn_implementation = attn_implementation
   t, s, d = config.train, config.ssl, config.data
   mesh = mesh_lib.make_mesh()
   n_dev = mesh.devices.size
@@ -268,26 +278,36 @@ def bench_dinov2(config_spec: str, steps_timed: int = 20, warmup: int = 3, sync_
   sched = schedules.make_schedules(config, steps_per_epoch=1000, total_steps=100_000)
   tx = ssl_optim.make_optimizer(config, sched)
   init = lambda rng: ssl_steps.init_state(nets, tx, rng, s.global_crop_size, d.channels)
-  state_sharding = mesh_lib.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh, t.fsdp, t.fsdp_min_size)
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  state_sharding = mesh_lib.state_shardings(abstract, mesh, t.fsdp, t.fsdp_min_size)
   batch_sharding = mesh_lib.batch_sharding(mesh)
-  state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(0))
   grid = s.global_crop_size // nets.backbone.patch_size
   upper = masking.upper_bound(2 * t.batch_size // n_dev, grid * grid, s.mask_probability, tuple(s.mask_ratio))
   step = ssl_steps.make_train_step(nets, tx, sched, s, n_dev, upper, mesh, normalize=(d.mean, d.std))
-  fn = jax.jit(step, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None),
-               donate_argnums=0)
   rng = np.random.default_rng(0)
   crops = lambda *shape: rng.integers(0, 256, (t.batch_size, *shape, d.channels), np.uint8)
   batch = {"global_crops": crops(2, s.global_crop_size, s.global_crop_size),
            "local_crops": crops(s.local_crops, s.local_crop_size, s.local_crop_size),
            "masks": masking.batch_masks(0, 0, 0, t.batch_size, n_dev, 2, (grid, grid), s.mask_probability,
                                         tuple(s.mask_ratio))}
+  # What the student's backward keeps (the teacher's forward has no backward), under jax.eval_shape.
+  loss_fn, student_inputs = step.student_loss
+  inputs = jax.eval_shape(lambda st, b: student_inputs(st, b)[0], abstract, batch)
+  saved = residual_bytes(lambda p, *a: loss_fn(p, *a)[0], abstract.params, *inputs)
+  common = {"model": config.model.name, "mode": "train", "batch": t.batch_size, "image_size": s.global_crop_size,
+            "dtype": config.model.dtype, "config": config_spec, "saved_for_backward_gb": saved / 2**30,
+            "variant": ",".join([f"dinov2 {s.local_crops}x{s.local_crop_size}+2x{s.global_crop_size}"]
+                                + ["remat"] * remat + [f"attn={attn_implementation}"] * bool(attn_implementation)),
+            "remat": remat, "ibot_tokens": upper * n_dev}
+  if saved_only:
+    return common
+  state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(0))
+  fn = jax.jit(step, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None),
+               donate_argnums=0)
   batch = mesh_lib.to_global(batch, batch_sharding)
   row = measure(fn, lambda state, data: (state, data), state, itertools.repeat(batch), True, t.batch_size, n_dev,
                 steps_timed, warmup, sync_every, peak_tflops or device_peak_tflops(config.model.dtype), memory_before)
-  return {"model": config.model.name, "variant": f"dinov2 {s.local_crops}x{s.local_crop_size}+2x{s.global_crop_size}",
-          "mode": "train", "batch": t.batch_size, "image_size": s.global_crop_size, "dtype": config.model.dtype,
-          "config": config_spec, **row}
+  return {**common, **row}
 
 
 def variant_name(donate, uint8, feed, prefetch, sync_every, model_kwargs) -> str:
@@ -369,8 +389,8 @@ def main(argv=None):
     names = list_models(args.models) if args.models else [args.model] if args.model else []
     if not names and not args.dinov2:
       raise UserError("pass --model NAME, --models PATTERN or --dinov2 CONFIG")
-    rows = [bench_dinov2(args.dinov2, args.steps, args.warmup, args.sync_every, args.peak_tflops)] \
-        if args.dinov2 else []
+    rows = [bench_dinov2(args.dinov2, args.steps, args.warmup, args.sync_every, args.peak_tflops, args.remat,
+                         args.attn, args.saved_only)] if args.dinov2 else []
     if rows:
       print(format_rows(rows), flush=True)
     for name in names:
