@@ -73,7 +73,7 @@ GPU_PLAN = [
     ]),
     # Issue 5's step time and memory at global batch 256. Without remat the student's backward keeps 107 GB
     # before XLA's fusion (jax.eval_shape; 14.6 GB with remat), more than an H100's 80: the remat row is the one
-    # sure to fit, and the default row says whether XLA brings the default under it.
+    # expected to fit, and the default row says whether XLA brings the default under it.
     ("dinov2", "", [
         ("dinov2_vits14", "dinov2", dict(config_spec=_DINOV2), {}),
         ("dinov2_vits14_remat", "dinov2", dict(config_spec=_DINOV2, remat=True), {"baseline": "dinov2_vits14"}),
