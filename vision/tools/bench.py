@@ -296,8 +296,9 @@ def bench_dinov2(config_spec: str, steps_timed: int = 20, warmup: int = 3, sync_
   saved = residual_bytes(lambda p, *a: loss_fn(p, *a)[0], abstract.params, *inputs)
   common = {"model": config.model.name, "mode": "train", "batch": t.batch_size, "image_size": s.global_crop_size,
             "dtype": config.model.dtype, "config": config_spec, "saved_for_backward_gb": saved / 2**30,
-            "variant": ",".join([f"dinov2 {s.local_crops}x{s.local_crop_size}+2x{s.global_crop_size}"]
-                                + ["remat"] * remat + [f"attn={attn_implementation}"] * bool(attn_implementation)),
+            "variant": ",".join(filter(None, [f"dinov2 {s.local_crops}x{s.local_crop_size}+2x{s.global_crop_size}",
+                                              variant_name(True, False, "device", 0, sync_every, {
+                                                  "remat": remat, "attn_implementation": attn_implementation})])),
             "remat": remat, "ibot_tokens": upper * n_dev}
   if saved_only:
     return common
