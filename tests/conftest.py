@@ -1,4 +1,5 @@
-"""Test setup: 8 simulated CPU devices for the sharding tests, quiet TensorFlow, CLI helpers."""
+"""Test setup: 8 simulated CPU devices for the sharding tests, quiet TensorFlow, CLI and model helpers."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -53,3 +54,21 @@ def popen_cli(script, *args, devices=1):
     full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=full_env, cwd=ROOT)
+
+
+@contextlib.contextmanager
+def drop_path_rates():
+  """Collects the rate of every DropPath called inside the block (a flax method interceptor), in call order:
+  `with drop_path_rates() as rates: model.init(...)`."""
+  import flax.linen as nn
+
+  from vision.models.layers import DropPath
+  rates = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, DropPath) and context.method_name == "__call__":
+      rates.append(context.module.rate)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    yield rates

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import drop_path_rates
 from vision.models import abstract_variables, create_model, list_models, model_info, num_params
 from vision.models.efficientnet import round_filters, round_repeats
-from vision.models.layers import DropPath
 from vision.models.mobilenet import _V3_SMALL, make_divisible
 
 # Parameters at 1000 classes. torchvision 0.29.1: sum(p.numel() for p in m.parameters()) of
@@ -197,14 +197,7 @@ def _train_and_eval(model, size, batch_norm):
   """
   x = np.random.default_rng(1).standard_normal((2, size, size, 3)).astype(np.float32)
   labels = np.array([3, 7])
-  rates = []
-
-  def record(next_fun, args, kwargs, context):
-    if isinstance(context.module, DropPath) and context.method_name == "__call__":
-      rates.append(context.module.rate)
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(record):
+  with drop_path_rates() as rates:
     variables = _host_init(jax.eval_shape(lambda: model.init(jax.random.key(0), x)))
   state = {k: v for k, v in variables.items() if k != "params"}
 

@@ -2,14 +2,13 @@
 import functools
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import drop_path_rates
 from vision.models import abstract_variables, create_model, list_models, model_info, num_params
-from vision.models.layers import DropPath
 from vision.models.swin import relative_position_index, shift_mask
 
 # Parameters at 1000 classes: torchvision 0.29.1's sum(p.numel() for p in m.parameters()) of
@@ -103,14 +102,7 @@ def test_forward_backward_tiny():
   # Window 7 at 56px: stage 1 (14x14) shifts, stage 2 (7x7) has no shift, stages 3-4 (4x4, 2x2) are padded.
   model = create_model("swin_t", embed_dim=16, depths=(2, 2, 1, 1), num_heads=(1, 2, 2, 4), drop_path_rate=0.5)
   x = np.random.default_rng(1).standard_normal((2, 56, 56, 3)).astype(np.float32)
-  rates = []
-
-  def record(next_fun, args, kwargs, context):
-    if isinstance(context.module, DropPath) and context.method_name == "__call__":
-      rates.append(context.module.rate)
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(record):
+  with drop_path_rates() as rates:
     params = _host_init(jax.eval_shape(lambda: model.init(jax.random.key(0), x))["params"])
   # torchvision: stochastic_depth_prob * block_id / (total_blocks - 1), on both branches of a block.
   np.testing.assert_allclose(rates, np.repeat(np.linspace(0, 0.5, 6), 2))

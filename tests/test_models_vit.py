@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import drop_path_rates
 from vision.models import create_model, list_models, model_info, num_params
-from vision.models.layers import DropPath
 from vision.models.vit import _bicubic_matrix, resample_pos_embed
 
 # name: (params at 1000 classes, params at num_classes=0), timm 1.0.31.
@@ -306,14 +306,7 @@ def test_forward_backward_drop_path_and_bfloat16():
   model_bf16 = model.clone(dtype=jnp.bfloat16)
   x = _images(2, size=48)  # 6x6 patches: pos_embed resampled from 4x4
   labels = np.array([3, 7])
-  rates = []
-
-  def record(next_fun, args, kwargs, context):
-    if isinstance(context.module, DropPath) and context.method_name == "__call__":
-      rates.append(context.module.rate)
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(record):
+  with drop_path_rates() as rates:
     variables = _variables(model, x)
   np.testing.assert_allclose(rates, [0, 0, 0.5, 0.5])  # timm: linear in the block index, two branches each
 
