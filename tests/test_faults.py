@@ -234,3 +234,23 @@ def test_unwritable_workdir_is_one_line_before_any_work(tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   last = proc.stderr.strip().splitlines()[-1]
   assert last == f"error: cannot write to --workdir {tmp_path}/file/run (Not a directory); choose a writable directory"
+
+
+def test_opening_a_workdir_removes_a_killed_save_before_it_returns(tmp_path):
+  """A save killed mid-way leaves '<step>.orbax-checkpoint-tmp-*'; the next run deletes it while opening the
+  workdir and leaves no thread behind. Orbax's own cleanup ran in a thread that only the next save waited for,
+  so a run refused before its first save (CI, 2026-12-02) exited under it and a traceback followed the error."""
+  import threading
+  import jax.numpy as jnp
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), async_save=False, best_metric="")
+  ckpt.save(1, {"w": jnp.ones(3)}, {"model": "m"})
+  ckpt.close()
+  directory = tmp_path / "checkpoints"
+  (directory / "2.orbax-checkpoint-tmp-1764700000000000" / "state").mkdir(parents=True)  # Orbax's naming
+  ckpt_lib.Checkpointer(str(tmp_path), read_only=True, best_metric="")  # eval.py deletes nothing
+  assert sorted(os.listdir(directory)) == ["1", "2.orbax-checkpoint-tmp-1764700000000000"]
+  before = set(threading.enumerate())
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), best_metric="")
+  assert sorted(os.listdir(directory)) == ["1"]
+  assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
+  assert ckpt.latest_step() == 1

@@ -6,7 +6,7 @@ state, RNG, step; the data position is a function of the step) and a small JSON
 not fit the config is refused with a message before anything is restored.
 Orbax writes into a temporary directory and renames on completion, so a run
 killed mid-save leaves the previous checkpoints readable (the temporary
-directory is removed on the next start). Old checkpoints are retired the same
+directory is removed when the next run opens the workdir). Old checkpoints are retired the same
 way: renamed into checkpoints/.trash (atomic) and only then deleted, so a kill
 during a deletion cannot leave a half-deleted '<step>' directory that looks
 complete. A save that fails for lack of space or permission ends the run with
@@ -45,7 +45,7 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keep_policies), create=not read_only,
-        enable_async_checkpointing=async_save, read_only=read_only, cleanup_tmp_directories=True,
+        enable_async_checkpointing=async_save, read_only=read_only, cleanup_tmp_directories=False,
         todelete_subdir=None if read_only else TRASH)
     try:
       # Handlers named up front, so a fresh manager can read metadata before any save or restore.
@@ -58,7 +58,7 @@ class Checkpointer:
     self.best_metric = best_metric
     self.read_only = read_only
     self._pending = None  # the step of a save that may still be in flight
-    self._empty_trash()
+    self._remove_leftovers()
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -106,6 +106,18 @@ class Checkpointer:
     if not self.read_only and jax.process_index() == 0 and os.path.isdir(trash):
       for name in os.listdir(trash):
         shutil.rmtree(os.path.join(trash, name), ignore_errors=True)
+
+  def _remove_leftovers(self):
+    """Deletes what a run killed mid-save left: its retired checkpoints and its uncommitted temporary directory.
+
+    Here, before anything else, rather than by Orbax's cleanup_tmp_directories: that runs in a thread which only
+    the next save waits for, so a run refused before its first save (a checkpoint of another model) exited with
+    the thread still listing the directory, and its traceback at interpreter shutdown followed our one-line error.
+    """
+    self._empty_trash()
+    if not self.read_only and jax.process_index() == 0:
+      for name in ocp.step.tmp_checkpoints(self.directory):
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def _write_errors(self):
     return _WriteErrors(self)
