@@ -239,7 +239,7 @@ def test_unwritable_workdir_is_one_line_before_any_work(tmp_path):
 def test_opening_a_workdir_removes_a_killed_save_before_it_returns(tmp_path):
   """A save killed mid-way leaves '<step>.orbax-checkpoint-tmp-*'; the next run deletes it while opening the
   workdir and leaves no thread behind. Orbax's own cleanup ran in a thread that only the next save waited for,
-  so a run refused before its first save (CI, 2026-12-02) exited under it and a traceback followed the error."""
+  so a run refused before its first save exited under it (a failed CI run) and a traceback followed the error."""
   import threading
   import jax.numpy as jnp
   ckpt = ckpt_lib.Checkpointer(str(tmp_path), async_save=False, best_metric="")

@@ -6,8 +6,8 @@ state, RNG, step; the data position is a function of the step) and a small JSON
 not fit the config is refused with a message before anything is restored.
 Orbax writes into a temporary directory and renames on completion, so a run
 killed mid-save leaves the previous checkpoints readable (the temporary
-directory is removed when the next run opens the workdir). Old checkpoints are retired the same
-way: renamed into checkpoints/.trash (atomic) and only then deleted, so a kill
+directory is removed when the next run opens the workdir). Old checkpoints are
+retired the same way: renamed into checkpoints/.trash (atomic) and only then deleted, so a kill
 during a deletion cannot leave a half-deleted '<step>' directory that looks
 complete. A save that fails for lack of space or permission ends the run with
 a UserError naming the step, the reason and the intact checkpoint to resume from.
