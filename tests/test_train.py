@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -175,3 +176,20 @@ print('ok')
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
   assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_a_deprecated_call_from_our_code_fails_the_test_that_makes_it():
+  """setup.cfg's filterwarnings: a DeprecationWarning or FutureWarning whose module (the frame its stacklevel
+  names) is ours is an error; other libraries' own deprecation noise is not."""
+  def warn(category, module):
+    warnings.warn_explicit("old API", category, "f.py", 1, module=module)
+
+  for module in ("vision.models.resnet", "vision", "test_train", "tests.test_train"):
+    for category in (DeprecationWarning, FutureWarning):
+      with pytest.raises(category, match="old API"):
+        warn(category, module)
+  warn(DeprecationWarning, "tensorflow.python.framework")  # ignored: not ours
+  import jax.experimental.shard_map as legacy  # deprecated in JAX 0.8; warns with the caller's module
+  if "shard_map" in getattr(legacy, "_deprecations", {}):
+    with pytest.raises(DeprecationWarning, match="jax.shard_map"):
+      legacy.shard_map  # noqa: B018
