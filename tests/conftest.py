@@ -48,14 +48,6 @@ def run_cli(script, *args, devices=1, timeout=600, env=None):
                         timeout=timeout, env=full_env, cwd=ROOT)
 
 
-def popen_cli(script, *args, devices=1):
-  full_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  if devices > 1:
-    full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=full_env, cwd=ROOT)
-
-
 @contextlib.contextmanager
 def drop_path_rates():
   """Collects the rate of every DropPath called inside the block (a flax method interceptor), in call order:
