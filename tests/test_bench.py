@@ -73,6 +73,17 @@ def test_unknown_peak_gives_no_mfu_and_batch_must_divide():
     bench.bench("lenet5", batch=6, steps_timed=1, warmup=0)
 
 
+@pytest.mark.parametrize("argv, error", [
+    (["--models", "zzz*"], "error: no registered model matches --models 'zzz*'; see vision.models.list_models()"),
+    (["--model", "nosuch"], "error: unknown model 'nosuch'; see vision.models.list_models() for the registered"),
+    ([], "error: pass --model NAME, --models PATTERN or --dinov2 CONFIG")])
+def test_command_line_mistakes_are_one_line_exit_2(argv, error, capsys):
+  with pytest.raises(SystemExit) as exit_:
+    bench.main([*argv, "--batch", "2"])
+  err = capsys.readouterr().err.strip()
+  assert exit_.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(error), err
+
+
 def test_input_benchmark_our_side_on_its_own_jpegs(tmp_path):
   root = bench_input.write_jpegs(str(tmp_path), 12, classes=3, size=(64, 48))
   files = [f for _, _, fs in os.walk(os.path.join(root, "train")) for f in fs]

@@ -388,6 +388,8 @@ def main(argv=None):
   dtype = "bfloat16" if args.dtype == "bf16" else args.dtype
   try:
     names = list_models(args.models) if args.models else [args.model] if args.model else []
+    if args.models and not names:
+      raise UserError(f"no registered model matches --models {args.models!r}; see vision.models.list_models()")
     if not names and not args.dinov2:
       raise UserError("pass --model NAME, --models PATTERN or --dinov2 CONFIG")
     rows = [bench_dinov2(args.dinov2, args.steps, args.warmup, args.sync_every, args.peak_tflops, args.remat,
