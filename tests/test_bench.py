@@ -73,15 +73,18 @@ def test_unknown_peak_gives_no_mfu_and_batch_must_divide():
     bench.bench("lenet5", batch=6, steps_timed=1, warmup=0)
 
 
-@pytest.mark.parametrize("argv, error", [
-    (["--models", "zzz*"], "error: no registered model matches --models 'zzz*'; see vision.models.list_models()"),
-    (["--model", "nosuch"], "error: unknown model 'nosuch'; see vision.models.list_models() for the registered"),
-    ([], "error: pass --model NAME, --models PATTERN or --dinov2 CONFIG")])
-def test_command_line_mistakes_are_one_line_exit_2(argv, error, capsys):
+@pytest.mark.parametrize("tool, argv, error", [
+    (bench, ["--models", "zzz*"], "error: no registered model matches --models 'zzz*'; see vision.models.list_models()"),
+    (bench, ["--model", "nosuch"], "error: unknown model 'nosuch'; see vision.models.list_models() for the registered"),
+    (bench, [], "error: pass --model NAME, --models PATTERN or --dinov2 CONFIG"),
+    # argparse's own errors: the usage line, then this one (it divided by the 0 images timed)
+    (bench_input, ["--images", "0"], "python -m vision.tools.bench_input: error: --images must be at least 1, not 0")])
+def test_command_line_mistakes_exit_2_with_one_error_line(tool, argv, error, capsys):
   with pytest.raises(SystemExit) as exit_:
-    bench.main([*argv, "--batch", "2"])
-  err = capsys.readouterr().err.strip()
-  assert exit_.value.code == 2 and len(err.splitlines()) == 1 and err.startswith(error), err
+    tool.main([*argv, "--batch", "2"])
+  err = capsys.readouterr().err.strip().splitlines()
+  usage = [line for line in err[:-1] if line.startswith(("usage:", " "))]  # argparse's usage, wrapped
+  assert exit_.value.code == 2 and err[-1].startswith(error) and usage == err[:-1], err
 
 
 def test_input_benchmark_our_side_on_its_own_jpegs(tmp_path):
@@ -210,6 +213,22 @@ def test_suite_runs_its_stages_resumes_and_reports(tmp_path, monkeypatch):
   assert bench_suite.read_rows(out)["lenet_flag"]["images_per_sec"] > 0 and "--retry-errors" in retried
   assert f"Not measured: {crash}" in retried
   assert "Not measured: lenet (not run)" in bench_suite.run_plan("smoke", str(tmp_path / "none"), budget_s=0)
+
+
+def test_a_row_that_a_kill_cut_short_runs_again_and_the_next_row_stays_whole(tmp_path, capsys):
+  from vision.tools import bench_suite
+  out = str(tmp_path)
+  path = os.path.join(out, "rows.jsonl")
+  row = lambda row_id, ips: {"id": row_id, "model": "lenet5", "mode": "train", "batch": 8, "dtype": "float32",
+                             "images_per_sec": ips, "step_ms": 8e3 / ips}
+  with open(path, "w") as f:  # the device tool's timeout killed the call while it wrote lenet_again's line
+    f.write(json.dumps(row("lenet", 5.0)) + "\n" + '{"id": "lenet_again", "images_per')
+  assert bench_suite.settled(out) == {"lenet"}  # so a --resume measures lenet_again again
+  bench_suite.append_jsonl(path, row("lenet_again", 6.0))
+  assert {k: r["images_per_sec"] for k, r in bench_suite.read_rows(out).items()} == {"lenet": 5.0, "lenet_again": 6.0}
+  report = bench_suite.run_plan("smoke", out, budget_s=0, resume=True)  # and the report is written, not a traceback
+  assert "| lenet_again | " in report and "Not measured: lenet_uint8_sync2 (not run)" in report
+  assert capsys.readouterr().err.strip() == f"{path}:2: not a JSON object (a write cut short?); left out"
 
 
 def test_gpu_plan_is_sound_before_a_gpu_spends_time_on_it(monkeypatch):

@@ -260,6 +260,9 @@ def main(argv=None):
   p.add_argument("--side", choices=tuple(SIDES), help=argparse.SUPPRESS)  # one side, in this process
   args = p.parse_args(argv)
   table = EVAL_SIDES if args.eval else MULTICROP_SIDES if args.multicrop else SIDES
+  for name, least in (("images", 1), ("batch", 1), ("size", 1), ("files", 1), ("repeats", 1), ("workers", 0)):
+    if getattr(args, name) < least:
+      p.error(f"--{name} must be at least {least}, not {getattr(args, name)}")
   if args.eval and args.multicrop:
     p.error("--eval and --multicrop time different transforms; choose one")
   if (args.eval or args.multicrop) and args.augment:
@@ -282,7 +285,7 @@ def main(argv=None):
          "workers": args.workers, "augment": args.augment,
          "transform": "eval" if args.eval else "multicrop" if args.multicrop else "train"}
   runs = {name: [] for name in sides}
-  for _ in range(max(1, args.repeats)):  # in turns, so a slow spell of the machine hits every side alike
+  for _ in range(args.repeats):  # in turns, so a slow spell of the machine hits every side alike
     for name in sides:
       runs[name].append(_side(name, root, args))
   for name in sides:

@@ -160,17 +160,39 @@ def format_environment(envs) -> list:
   return lines
 
 
-def read_rows(out_dir) -> dict:
-  """id -> row of OUT/rows.jsonl (the last line of an id wins)."""
-  path = os.path.join(out_dir, "rows.jsonl")
-  rows = {}
+def append_jsonl(path, record: dict):
+  """Appends one JSON line; after a line that a kill cut short (no newline at the end), on a line of its own."""
+  with open(path, "a+b") as f:  # "a": every write goes to the end, wherever a read left the position
+    end = f.seek(0, os.SEEK_END)
+    cut = end > 0 and f.seek(end - 1) >= 0 and f.read(1) != b"\n"
+    f.write((("\n" if cut else "") + json.dumps(record) + "\n").encode())
+
+
+def read_jsonl(path) -> list:
+  """The records of a JSON-lines file ([] where there is none). A line that is no JSON object (a write that a
+  kill cut short) is left out with a one-line note on stderr: a row of it runs again on --resume."""
+  records = []
   if os.path.exists(path):
     with open(path) as f:
-      for line in f:
-        if line.strip():
-          row = json.loads(line)
-          rows[row["id"]] = row
-  return rows
+      for number, line in enumerate(f, 1):
+        try:
+          record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+          record = "unreadable"
+        if isinstance(record, dict):
+          records.append(record)
+        elif record is not None and (path, number) not in _NOTED:
+          _NOTED.add((path, number))
+          print(f"{path}:{number}: not a JSON object (a write cut short?); left out", file=sys.stderr)
+  return records
+
+
+_NOTED = set()  # (path, line) already named on stderr: a run reads rows.jsonl once per stage
+
+
+def read_rows(out_dir) -> dict:
+  """id -> row of OUT/rows.jsonl (the last line of an id wins)."""
+  return {row["id"]: row for row in read_jsonl(os.path.join(out_dir, "rows.jsonl")) if "id" in row}
 
 
 def row_call(kind, kwargs):
@@ -198,8 +220,7 @@ def run_stage(plan, stage_name, out_dir, skip=()):
     except Exception as e:  # one row's failure (an OOM, an unknown flag's error) must not cost the others
       row = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]}
     row.update(id=row_id, kind=kind, stage=stage_name, wall_s=time.perf_counter() - start)
-    with open(os.path.join(out_dir, "rows.jsonl"), "a") as f:
-      f.write(json.dumps(row) + "\n")
+    append_jsonl(os.path.join(out_dir, "rows.jsonl"), row)
     print(f"[{stage_name}] {row_id}: " + (row.get("error") or f"{row['images_per_sec']:,.1f} img/s"), flush=True)
 
 
@@ -224,8 +245,7 @@ def run_plan(plan_name, out_dir, budget_s, resume=False, retry_errors=False, com
   if budget_s >= 5:  # a call that can start no stage measures nothing to describe
     argv = (["--out", out_dir, "--plan", plan_name, "--budget", f"{budget_s:g}"] + ["--resume"] * resume
             + ["--retry-errors"] * retry_errors + (["--compile-cache", compile_cache] if compile_cache else []))
-    with open(os.path.join(out_dir, "env.jsonl"), "a") as f:
-      f.write(json.dumps(environment(argv)) + "\n")
+    append_jsonl(os.path.join(out_dir, "env.jsonl"), environment(argv))
   for name, flags, items in plan:
     crashed_here = set()  # rows that this call's processes died in: not run again in this call
     while True:  # once, or again after a crash: the rest of the stage's rows in a new process
@@ -264,10 +284,9 @@ def run_plan(plan_name, out_dir, budget_s, resume=False, retry_errors=False, com
             + " (see suite.log)", flush=True)
       if crashed is None:
         break
-      with open(os.path.join(out_dir, "rows.jsonl"), "a") as f:
-        f.write(json.dumps({"id": crashed, "kind": "crash", "stage": name,
-                            "error": f"the stage's process exited with status {proc.returncode} in this row "
-                                     "(see suite.log)"}) + "\n")
+      append_jsonl(os.path.join(out_dir, "rows.jsonl"), {
+          "id": crashed, "kind": "crash", "stage": name,
+          "error": f"the stage's process exited with status {proc.returncode} in this row (see suite.log)"})
       crashed_here.add(crashed)
   log.close()
   report = format_report(plan, read_rows(out_dir), read_envs(out_dir))
@@ -277,11 +296,7 @@ def run_plan(plan_name, out_dir, budget_s, resume=False, retry_errors=False, com
 
 
 def read_envs(out_dir) -> list:
-  path = os.path.join(out_dir, "env.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return read_jsonl(os.path.join(out_dir, "env.jsonl"))
 
 
 def memory_on_device(row: dict) -> bool:
