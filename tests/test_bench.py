@@ -77,6 +77,8 @@ def test_unknown_peak_gives_no_mfu_and_batch_must_divide():
     (bench, ["--models", "zzz*"], "error: no registered model matches --models 'zzz*'; see vision.models.list_models()"),
     (bench, ["--model", "nosuch"], "error: unknown model 'nosuch'; see vision.models.list_models() for the registered"),
     (bench, [], "error: pass --model NAME, --models PATTERN or --dinov2 CONFIG"),
+    (bench, ["--dinov2", "configs/nope.py"], "error: config file 'configs/nope.py' does not exist; pass one of"),
+    (bench, ["--model", "lenet5", "--peak-tflops", "-5"], "python -m vision.tools.bench: error: --peak-tflops must"),
     # argparse's own errors: the usage line, then this one (it divided by the 0 images timed)
     (bench_input, ["--images", "0"], "python -m vision.tools.bench_input: error: --images must be at least 1, not 0")])
 def test_command_line_mistakes_exit_2_with_one_error_line(tool, argv, error, capsys):

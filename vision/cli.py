@@ -33,7 +33,7 @@ def fail(message: str, code: int = 2):
 def load_config_file(spec: str):
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
-    fail(f"config file {path!r} does not exist; pass --config configs/<name>.py")
+    fail(f"config file {path!r} does not exist; pass one of configs/<name>.py")
   module_spec = importlib.util.spec_from_file_location("_user_config", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
