@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from vision.tools import bench, bench_input
+from vision.tools import bench, bench_input, bench_suite, bench_torch
 
 
 @pytest.mark.parametrize("mode", ["train", "infer"])
@@ -78,12 +78,18 @@ def test_unknown_peak_gives_no_mfu_and_batch_must_divide():
     (bench, ["--model", "nosuch"], "error: unknown model 'nosuch'; see vision.models.list_models() for the registered"),
     (bench, [], "error: pass --model NAME, --models PATTERN or --dinov2 CONFIG"),
     (bench, ["--dinov2", "configs/nope.py"], "error: config file 'configs/nope.py' does not exist; pass one of"),
+    # argparse's own errors: the usage line(s), then this one (before, a traceback or a negative MFU)
     (bench, ["--model", "lenet5", "--peak-tflops", "-5"], "python -m vision.tools.bench: error: --peak-tflops must"),
-    # argparse's own errors: the usage line, then this one (it divided by the 0 images timed)
-    (bench_input, ["--images", "0"], "python -m vision.tools.bench_input: error: --images must be at least 1, not 0")])
+    (bench_input, ["--images", "0"], "python -m vision.tools.bench_input: error: --images must be at least 1, not 0"),
+    (bench_torch, ["--model", "resnet18", "--batch", "0"], "python -m vision.tools.bench_torch: error: --batch must"),
+    (bench_torch, ["--model", "nosuch"], "error: neither torchvision nor timm has a model 'nosuch'"),
+    (bench_suite, ["--out", __file__], f"python -m vision.tools.bench_suite: error: --out {__file__} is a file")])
 def test_command_line_mistakes_exit_2_with_one_error_line(tool, argv, error, capsys):
+  if argv == ["--model", "nosuch"] and tool is bench_torch:
+    pytest.importorskip("torchvision")
+    pytest.importorskip("timm")
   with pytest.raises(SystemExit) as exit_:
-    tool.main([*argv, "--batch", "2"])
+    tool.main(argv)
   err = capsys.readouterr().err.strip().splitlines()
   usage = [line for line in err[:-1] if line.startswith(("usage:", " "))]  # argparse's usage, wrapped
   assert exit_.value.code == 2 and err[-1].startswith(error) and usage == err[:-1], err
@@ -170,7 +176,6 @@ def test_saved_for_backward_shrinks_with_remat_without_compiling():
 
 
 def test_suite_runs_its_stages_resumes_and_reports(tmp_path, monkeypatch):
-  from vision.tools import bench_suite
   out = str(tmp_path / "suite")
   monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # LeNet compiles in well under 1 s
   report = bench_suite.run_plan("smoke", out, budget_s=300, compile_cache=str(tmp_path / "cache"))
@@ -218,7 +223,6 @@ def test_suite_runs_its_stages_resumes_and_reports(tmp_path, monkeypatch):
 
 
 def test_a_row_that_a_kill_cut_short_runs_again_and_the_next_row_stays_whole(tmp_path, capsys):
-  from vision.tools import bench_suite
   out = str(tmp_path)
   path = os.path.join(out, "rows.jsonl")
   row = lambda row_id, ips: {"id": row_id, "model": "lenet5", "mode": "train", "batch": 8, "dtype": "float32",
@@ -241,7 +245,6 @@ def test_gpu_plan_is_sound_before_a_gpu_spends_time_on_it(monkeypatch):
 
   from conftest import ROOT
   from vision import cli
-  from vision.tools import bench_suite
   plan = bench_suite.GPU_PLAN
   assert len({name for name, *_ in plan}) == len(plan)
   rows = {row_id: (kind, kwargs, against) for _, _, items in plan for row_id, kind, kwargs, against in items}
@@ -280,7 +283,6 @@ def test_gpu_plan_is_sound_before_a_gpu_spends_time_on_it(monkeypatch):
 
 
 def test_suite_report_compares_with_peers_and_baselines():
-  from vision.tools import bench_suite
   plan = [("s", "", [("a", "ours", {}, {"peer": "t"}), ("t", "torch", {}, {}),
                      ("a_remat", "ours", {}, {"baseline": "a"}), ("b", "ours", {}, {"peer": "t"})])]
   row = dict(model="m", mode="train", batch=8, dtype="bfloat16", step_ms=1.0, variant="")

@@ -367,6 +367,8 @@ def main(argv=None):
     return
   if args.retry_errors and not args.resume:
     p.error("--retry-errors goes with --resume")
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    p.error(f"--out {args.out} is a file; pass a folder (made if missing)")
   print(run_plan(args.plan, args.out, args.budget, args.resume, args.retry_errors, args.compile_cache))
 
 

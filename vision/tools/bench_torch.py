@@ -21,11 +21,18 @@ import statistics
 import time
 
 
+class UnknownModel(ValueError):
+  pass
+
+
 def build(name):
   import torchvision
   if hasattr(torchvision.models, name) and name in torchvision.models.list_models():
     return getattr(torchvision.models, name)(), "torchvision"
   import timm  # only when torchvision has no such model (its import takes seconds)
+  if not timm.is_model(name.split(".")[0]):
+    raise UnknownModel(f"neither torchvision nor timm has a model {name!r} (torchvision.models.list_models(), "
+                     "timm.list_models())")
   return timm.create_model(name.split(".")[0]), "timm"
 
 
@@ -101,8 +108,14 @@ def main(argv=None):
   p.add_argument("--no-channels-last", action="store_true")
   p.add_argument("--json", action="store_true", help="print one JSON line")
   args = p.parse_args(argv)
-  row = bench(args.model, args.batch, args.mode, args.image_size, args.dtype, args.compile, args.steps, args.warmup,
-              args.optimizer, not args.no_channels_last)
+  for name, least in (("batch", 1), ("image_size", 1), ("steps", 1), ("warmup", 0)):
+    if getattr(args, name) < least:
+      p.error(f"--{name.replace('_', '-')} must be at least {least}, not {getattr(args, name)}")
+  try:
+    row = bench(args.model, args.batch, args.mode, args.image_size, args.dtype, args.compile, args.steps,
+                args.warmup, args.optimizer, not args.no_channels_last)
+  except UnknownModel as e:
+    p.exit(2, f"error: {e}\n")
   print(json.dumps(row) if args.json else "\n".join(f"{k}: {v}" for k, v in row.items()))
 
 
