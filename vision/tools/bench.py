@@ -59,6 +59,7 @@ import numpy as np
 
 from vision.errors import UserError
 from vision.models import create_model, list_models, model_info
+from vision.tools import require_at_least
 from vision.train import mesh as mesh_lib
 from vision.train import optim, steps
 from vision.train.config import IMAGENET_MEAN, IMAGENET_STD, default_config
@@ -385,12 +386,9 @@ def main(argv=None):
   p.add_argument("--torch-compile", action="store_true", help="the PyTorch peer uses torch.compile")
   p.add_argument("--json", help="write the rows here as JSON")
   args = p.parse_args(argv)
-  for name, least in (("batch", 1), ("steps", 1), ("warmup", 0), ("prefetch", 0), ("sync_every", 1)):
-    if getattr(args, name) < least:
-      p.error(f"--{name.replace('_', '-')} must be at least {least}, not {getattr(args, name)}")
-  for name in ("image_size", "peak_tflops"):
-    if getattr(args, name) is not None and getattr(args, name) <= 0:
-      p.error(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
+  require_at_least(p, args, batch=1, image_size=1, steps=1, warmup=0, prefetch=0, sync_every=1)
+  if args.peak_tflops is not None and args.peak_tflops <= 0:
+    p.error(f"--peak-tflops must be positive, not {args.peak_tflops}")
   dtype = "bfloat16" if args.dtype == "bf16" else args.dtype
   try:
     names = list_models(args.models) if args.models else [args.model] if args.model else []

@@ -46,6 +46,8 @@ import time
 
 import numpy as np
 
+from vision.tools import require_at_least
+
 
 def write_jpegs(root, count, classes=10, size=(500, 375), seed=0):
   """`count` photo-like JPEGs in root/train/<class>/ (returns root)."""
@@ -260,9 +262,7 @@ def main(argv=None):
   p.add_argument("--side", choices=tuple(SIDES), help=argparse.SUPPRESS)  # one side, in this process
   args = p.parse_args(argv)
   table = EVAL_SIDES if args.eval else MULTICROP_SIDES if args.multicrop else SIDES
-  for name, least in (("images", 1), ("batch", 1), ("size", 1), ("files", 1), ("repeats", 1), ("workers", 0)):
-    if getattr(args, name) < least:
-      p.error(f"--{name} must be at least {least}, not {getattr(args, name)}")
+  require_at_least(p, args, images=1, batch=1, size=1, files=1, repeats=1, workers=0)
   if args.eval and args.multicrop:
     p.error("--eval and --multicrop time different transforms; choose one")
   if (args.eval or args.multicrop) and args.augment:

@@ -175,13 +175,15 @@ def read_jsonl(path) -> list:
   if os.path.exists(path):
     with open(path) as f:
       for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
         try:
-          record = json.loads(line) if line.strip() else None
+          record = json.loads(line)
         except json.JSONDecodeError:
-          record = "unreadable"
+          record = None
         if isinstance(record, dict):
           records.append(record)
-        elif record is not None and (path, number) not in _NOTED:
+        elif (path, number) not in _NOTED:
           _NOTED.add((path, number))
           print(f"{path}:{number}: not a JSON object (a write cut short?); left out", file=sys.stderr)
   return records

@@ -20,6 +20,8 @@ import json
 import statistics
 import time
 
+from vision.tools import require_at_least
+
 
 class UnknownModel(ValueError):
   pass
@@ -108,9 +110,7 @@ def main(argv=None):
   p.add_argument("--no-channels-last", action="store_true")
   p.add_argument("--json", action="store_true", help="print one JSON line")
   args = p.parse_args(argv)
-  for name, least in (("batch", 1), ("image_size", 1), ("steps", 1), ("warmup", 0)):
-    if getattr(args, name) < least:
-      p.error(f"--{name.replace('_', '-')} must be at least {least}, not {getattr(args, name)}")
+  require_at_least(p, args, batch=1, image_size=1, steps=1, warmup=0)
   try:
     row = bench(args.model, args.batch, args.mode, args.image_size, args.dtype, args.compile, args.steps,
                 args.warmup, args.optimizer, not args.no_channels_last)
