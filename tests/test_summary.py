@@ -212,3 +212,6 @@ def test_cli_prints_conventions_and_lenet_table():
 
   proc = _cli("--model", "resnet5")
   assert proc.returncode == 2 and "unknown model 'resnet5'" in proc.stderr
+  proc = _cli("--model", "resnet18", "--image-size", "0")  # before, 0 meant the model's default size
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(
+      "error: --image-size must be at least 1, not 0") and not proc.stdout

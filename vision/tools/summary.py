@@ -65,6 +65,7 @@ from jax.extend import core as jex
 
 from vision.errors import UserError
 from vision.models import registry
+from vision.tools import require_at_least
 
 _MARK = "summary_call"
 _MARK_RE = re.compile(_MARK + r"(\d+)")
@@ -403,6 +404,7 @@ def main(argv=None):
   p.add_argument("--markdown-zoo", action="store_true", help="print the model-zoo table of every registered model")
   p.add_argument("--pattern", default="*", help="with --markdown-zoo: which models (shell pattern)")
   args = p.parse_args(argv)
+  require_at_least(p, args, image_size=1, num_classes=1, in_channels=1, batch=1)
   try:
     if args.markdown_zoo:
       start = time.perf_counter()
@@ -414,8 +416,6 @@ def main(argv=None):
       return
     if not args.model:
       p.error("pass --model NAME or --markdown-zoo")
-    if args.batch < 1:
-      raise UserError(f"--batch {args.batch} must be at least 1")
     kw = dict(num_classes=args.num_classes, batch=args.batch, in_channels=args.in_channels)
     rows = layer_table(args.model, args.image_size, count_bias_connections=args.count_bias_connections, **kw)
     xla = xla_flops(args.model, args.image_size, **kw) if args.xla else None
