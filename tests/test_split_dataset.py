@@ -132,6 +132,9 @@ def test_bad_arguments_are_one_line_exit_2(src, split, tmp_path, capsys):
   assert "exists and is not empty" in capsys.readouterr().err
   assert sd.main(["--src", src, "--out", str(tmp_path / "x"), "--val", "0.5", "--test", "0.5"]) == 2
   assert capsys.readouterr().err.strip() == "error: --val 0.5 and --test 0.5 must be >= 0 with val + test < 1"
+  assert sd.main(["--src", src, "--out", str(tmp_path / "x"), "--hamming", "64"]) == 2  # all near-duplicates before
+  assert capsys.readouterr().err.strip().startswith("error: --hamming 64 must be -1 (exact duplicates only) or 0 to")
+  assert not os.path.exists(tmp_path / "x")
   assert sd.main(["--src", str(tmp_path / "nothing"), "--out", str(tmp_path / "y")]) == 2
   assert sd.main(["--src", src, "--out", os.path.join(src, "cat", "out")]) == 2
 

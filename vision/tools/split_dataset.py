@@ -190,6 +190,8 @@ def split_dataset(src, out, val=0.1, test=0.2, seed=0, mode="copy", hamming=4, m
   """Does the work of the CLI; returns the report dict also written to OUT/split.json."""
   if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
     raise UserError(f"--val {val} and --test {test} must be >= 0 with val + test < 1")
+  if not -1 <= hamming < 64:  # 64 or more bits of a 64-bit hash: every image a near-duplicate of every other
+    raise UserError(f"--hamming {hamming} must be -1 (exact duplicates only) or 0 to 63 bits of the 64-bit dHash")
   src, out = os.path.abspath(src), os.path.abspath(out)
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
     raise UserError(f"--out {out} exists and is not empty; choose a new directory (old files would mix in)")
